@@ -1,0 +1,1 @@
+"""HTTP surface: thin FastAPI routers and their dependencies."""

@@ -1,0 +1,1 @@
+"""FHIR wire format: version pinning, parsing, validation, errors and bundle processing."""

@@ -1,0 +1,110 @@
+"""Parsing and validating FHIR R4 JSON: the checks every resource passes before it is stored.
+
+Two layers: the fhir.resources R4B models (structure, datatypes, cardinality) and
+`conformance.check_resource` (required-binding codes, reference target types), which the models do
+not enforce. Resources stay plain dicts afterwards: we store what the client sent (plus `id` and
+`meta`), never the model's re-serialisation, which is slower and reorders elements.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from app.fhir import conformance
+from app.fhir.definitions import resource_types
+from app.fhir.errors import FhirError, Issue, bad_request, not_found, unprocessable
+from app.fhir.version import model_class
+
+# Pydantic error types whose own message says nothing useful to a FHIR client.
+_PLAIN_MESSAGES = {
+    "json_invalid": "expected a JSON object here",
+    "model_type": "expected a JSON object here",
+    "dict_type": "expected a JSON object here",
+    "list_type": "expected a JSON array here",
+    "extra_forbidden": "unknown element: not defined for this type in FHIR R4",
+    "missing": "required element is missing",
+    "model_field_validation.missing": "required element is missing",
+}
+
+
+def parse_json(body: bytes, what: str = "request body") -> Any:
+    """Parse a JSON body; malformed JSON is a 400 naming the line and column."""
+    if not body.strip():
+        raise bad_request(f"The {what} is empty: send a FHIR JSON resource.", code="required")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"The {what} is not valid JSON: {exc}", code="structure") from None
+
+
+def require_resource_type(resource: Any, where: str = "") -> str:
+    """The `resourceType` of a JSON object, checked against the R4 type list (404 when unknown)."""
+    if not isinstance(resource, dict):
+        raise bad_request("Expected a FHIR resource (a JSON object with resourceType).", where or None, "structure")
+    resource_type = resource.get("resourceType")
+    if not isinstance(resource_type, str) or not resource_type:
+        raise bad_request(
+            "The resource has no resourceType: every FHIR resource names its type.",
+            f"{where}.resourceType" if where else "resourceType",
+            "required",
+        )
+    if resource_type not in resource_types():
+        raise not_found(f"Unknown resource type {resource_type!r}: not a FHIR R4 resource type.")
+    return resource_type
+
+
+def _fhir_path(resource_type: str, loc: tuple[int | str, ...]) -> str:
+    path = resource_type
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part == "resource_type":
+            path += ".resourceType"
+        else:
+            path += f".{part}"
+    return path
+
+
+def _issues_from_pydantic(resource_type: str, error: ValidationError) -> list[Issue]:
+    issues = []
+    for detail in error.errors(include_url=False):
+        kind = str(detail.get("type", ""))
+        message = _PLAIN_MESSAGES.get(kind) or str(detail.get("msg", "invalid value")).removeprefix("Value error, ")
+        expression = _fhir_path(resource_type, tuple(detail.get("loc", ())))
+        value = detail.get("input")
+        shown = f" (got {value!r})" if isinstance(value, str | int | float | bool) and kind != "missing" else ""
+        code = "required" if "missing" in kind else "structure" if kind in _PLAIN_MESSAGES else "value"
+        issues.append(Issue(code, f"{expression}: {' '.join(message.split())}{shown}", (expression,)))
+    return issues
+
+
+def validate_resource(resource: Any, expected_type: str | None = None) -> str:
+    """Validate one resource dict; returns its type or raises FhirError (422) listing every problem."""
+    resource_type = require_resource_type(resource)
+    if expected_type is not None and resource_type != expected_type:
+        raise bad_request(
+            f"The resource is a {resource_type} but the URL is for {expected_type}.", "resourceType"
+        )
+    try:
+        model_class(resource_type).model_validate(resource)
+    except ValidationError as exc:
+        raise FhirError(422, _issues_from_pydantic(resource_type, exc)) from None
+    issues = conformance.check_resource(resource)
+    if issues:
+        raise FhirError(422, issues)
+    return resource_type
+
+
+def validation_issues(resource: Any) -> list[Issue]:
+    """Like `validate_resource`, but returns the issues instead of raising (for whole-bundle reports)."""
+    try:
+        validate_resource(resource)
+    except FhirError as exc:
+        return exc.issues
+    return []
+
+
+__all__ = ["parse_json", "require_resource_type", "unprocessable", "validate_resource", "validation_issues"]

@@ -1,0 +1,90 @@
+"""Application factory: settings, database, migrations, the FHIR service, routers and error handlers."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app import __version__
+from app.api import fhir
+from app.api.responses import fhir_response
+from app.config import Settings, get_settings
+from app.fhir.errors import FhirError, Issue, operation_outcome
+from app.fhir.rest import FhirService, Limits
+from app.store.db import make_engine, migrate
+from app.store.repository import Store
+
+log = logging.getLogger("trialbridge")
+
+_HTTP_ISSUE_CODES = {404: "not-found", 405: "not-supported", 406: "not-supported", 413: "too-costly",
+                     415: "not-supported"}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        migrate(engine)
+        store = Store(engine)
+        app.state.settings = settings
+        app.state.store = store
+        app.state.fhir_service = FhirService(store, Limits(
+            max_bundle_entries=settings.max_bundle_entries,
+            default_page_size=settings.default_page_size,
+            max_page_size=settings.max_page_size,
+        ))
+        if settings.load_demo:
+            from app.demo import load_demo
+
+            load_demo(store, settings.fixtures_dir)
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = FastAPI(title="TrialBridge", version=__version__, lifespan=lifespan,
+                  description="FHIR R4 interoperability for immune-therapy clinical trials.")
+    app.include_router(fhir.router)
+    _install_error_handlers(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FhirError)
+    async def _fhir_error(_request: Request, exc: FhirError) -> Response:
+        return fhir_response(exc.outcome(), exc.status, exc.headers or None)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_invalid(_request: Request, exc: RequestValidationError) -> Response:
+        issues = [Issue("invalid", f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}")
+                  for e in exc.errors()]
+        return fhir_response(operation_outcome(issues), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        detail = str(exc.detail)
+        if exc.status_code == 404:
+            detail = f"No FHIR endpoint at {request.url.path}; the FHIR base is /fhir (see /fhir/metadata)."
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}."
+        code = _HTTP_ISSUE_CODES.get(exc.status_code, "processing")
+        return fhir_response(operation_outcome([Issue(code, detail)]), exc.status_code,
+                             dict(exc.headers) if exc.headers else None)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> Response:
+        # Never leak internals: log with an id the operator can grep for, return only the id.
+        incident = uuid.uuid4().hex[:12]
+        log.exception("unhandled error, incident %s", incident, exc_info=exc)
+        return fhir_response(operation_outcome([Issue("exception", f"Internal server error (incident {incident}). "
+                                                      "The error was logged; quote the incident id when reporting.")]),
+                             500)

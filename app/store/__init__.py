@@ -1,0 +1,1 @@
+"""Persistence: tables, migrations, the repository and the search indexes."""

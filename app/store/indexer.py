@@ -1,0 +1,277 @@
+"""Search-index extraction: one resource dict in, index rows per parameter type out.
+
+Driven entirely by the official R4 SearchParameter definitions compiled in `app.fhir.definitions`:
+each parameter is a list of JSON key paths ending in a FHIR datatype, and the datatype decides what
+is indexed (a CodeableConcept gives one token row per coding, a Period one date range, ...).
+This runs on the ingest hot path, so it walks plain dicts and precompiles per resource type.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import Any
+
+from app.fhir.definitions import SearchParameter, SearchPath, patient_compartment, search_parameters
+
+# Served from the resource table itself, not from index rows.
+RESOURCE_TABLE_PARAMS = frozenset({"_id", "_lastUpdated"})
+INDEXED_TYPES = frozenset({"token", "string", "date", "number", "quantity", "reference", "uri"})
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class IndexRows:
+    """Rows for each index table (keyed by parameter type) and the resource's compartment patient."""
+
+    rows: dict[str, list[Row]]
+    patient_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledParam:
+    code: str
+    type: str
+    paths: tuple[SearchPath, ...]
+
+
+@cache
+def _compiled(resource_type: str) -> tuple[tuple[_CompiledParam, ...], tuple[str, ...]]:
+    params = tuple(
+        _CompiledParam(p.code, p.type, p.paths)
+        for p in search_parameters(resource_type).values()
+        if p.type in INDEXED_TYPES and p.paths and p.code not in RESOURCE_TABLE_PARAMS
+    )
+    return params, patient_compartment(resource_type)
+
+
+def indexed_parameters(resource_type: str) -> dict[str, SearchParameter]:
+    """The parameters this server indexes for `resource_type` (what search and metadata may offer)."""
+    compiled = {p.code for p in _compiled(resource_type)[0]}
+    return {code: p for code, p in search_parameters(resource_type).items() if code in compiled}
+
+
+def normalize_text(value: str) -> str:
+    """Case- and accent-insensitive form used by string search: 'Émile' -> 'emile'."""
+    if value.isascii():
+        return value.casefold()
+    decomposed = unicodedata.normalize("NFKD", value)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+def _elements(resource: dict[str, Any], path: SearchPath) -> Iterator[Any]:
+    current: list[Any] = [resource]
+    for key in path.keys:
+        following: list[Any] = []
+        for node in current:
+            if isinstance(node, dict):
+                value = node.get(key)
+                if isinstance(value, list):
+                    following.extend(value)
+                elif value is not None:
+                    following.append(value)
+        if not following:
+            return
+        current = following
+    for node in current:
+        if path.where and not (isinstance(node, dict) and all(node.get(k) == v for k, v in path.where)):
+            continue
+        yield node
+
+
+# ---------------------------------------------------------------------------------------------- dates
+
+_PRECISION_STEP = {4: "year", 7: "month", 10: "day"}
+
+
+def _last_instant_of(low: datetime, unit: str) -> datetime:
+    try:
+        if unit == "year":
+            following = low.replace(year=low.year + 1)
+        elif unit == "month":
+            following = low.replace(year=low.year + low.month // 12, month=low.month % 12 + 1)
+        else:
+            following = low + timedelta(days=1)
+    except (ValueError, OverflowError):  # the last period of year 9999
+        return datetime.max.replace(tzinfo=UTC)
+    return following - timedelta(microseconds=1)
+
+
+def date_range(value: str) -> tuple[datetime, datetime] | None:
+    """The instant range a FHIR date/dateTime/instant covers, in UTC: '2024-03' is all of March."""
+    try:
+        if len(value) in _PRECISION_STEP:
+            year = int(value[:4])
+            month = int(value[5:7]) if len(value) >= 7 else 1
+            day = int(value[8:10]) if len(value) == 10 else 1
+            low = datetime(year, month, day, tzinfo=UTC)
+            return low, _last_instant_of(low, _PRECISION_STEP[len(value)])
+        parsed = datetime.fromisoformat(value)
+    except (ValueError, OverflowError):
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    low = parsed.astimezone(UTC)
+    seconds_part = value[11:].split("+")[0].split("-")[0].rstrip("Z")
+    if "." in seconds_part:
+        return low, low
+    if seconds_part.count(":") == 1:  # hh:mm (allowed in instants written by some clients)
+        return low, low + timedelta(minutes=1, microseconds=-1)
+    return low, low + timedelta(seconds=1, microseconds=-1)
+
+
+def _date_rows(value: Any, fhir_type: str) -> Iterator[tuple[datetime | None, datetime | None]]:
+    if isinstance(value, str):
+        bounds = date_range(value)
+        if bounds:
+            yield bounds
+    elif fhir_type == "Period" and isinstance(value, dict):
+        start = date_range(value["start"]) if isinstance(value.get("start"), str) else None
+        end = date_range(value["end"]) if isinstance(value.get("end"), str) else None
+        if start or end:
+            yield (start[0] if start else None), (end[1] if end else None)
+    elif fhir_type == "Timing" and isinstance(value, dict):
+        events = [b for e in value.get("event", []) if isinstance(e, str) and (b := date_range(e))]
+        if events:
+            yield min(b[0] for b in events), max(b[1] for b in events)
+        bounds = (value.get("repeat") or {}).get("boundsPeriod")
+        if isinstance(bounds, dict):
+            yield from _date_rows(bounds, "Period")
+
+
+# --------------------------------------------------------------------------------------------- tokens
+
+
+def _token_rows(value: Any, fhir_type: str) -> Iterator[tuple[str | None, str | None, str | None]]:
+    if isinstance(value, bool):
+        yield None, "true" if value else "false", None
+    elif isinstance(value, str):
+        yield None, value, None
+    elif not isinstance(value, dict):
+        return
+    elif fhir_type == "CodeableConcept":
+        text = value.get("text")
+        for coding in value.get("coding", ()):
+            display = coding.get("display") or text
+            yield coding.get("system"), coding.get("code"), normalize_text(display) if display else None
+        if text and not value.get("coding"):
+            yield None, None, normalize_text(text)
+    elif fhir_type == "Coding":
+        display = value.get("display")
+        yield value.get("system"), value.get("code"), normalize_text(display) if display else None
+    elif fhir_type == "Identifier":
+        type_text = (value.get("type") or {}).get("text")
+        yield value.get("system"), value.get("value"), normalize_text(type_text) if type_text else None
+    elif fhir_type == "ContactPoint":
+        yield value.get("system"), value.get("value"), None
+
+
+# -------------------------------------------------------------------------------------------- strings
+
+_NAME_PARTS = ("family", "given", "prefix", "suffix", "text")
+_ADDRESS_PARTS = ("line", "city", "district", "state", "postalCode", "country", "text")
+
+
+def _string_values(value: Any, fhir_type: str) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        parts = _NAME_PARTS if fhir_type == "HumanName" else _ADDRESS_PARTS if fhir_type == "Address" else ()
+        for part in parts:
+            item = value.get(part)
+            if isinstance(item, str):
+                yield item
+            elif isinstance(item, list):
+                yield from (i for i in item if isinstance(i, str))
+
+
+# ----------------------------------------------------------------------------------------- references
+
+
+def parse_reference(reference: str) -> tuple[str | None, str | None, str | None]:
+    """'Patient/1/_history/2' -> ('Patient', '1', '2'); absolute URLs keep their last Type/id."""
+    if reference.startswith(("#", "urn:")):
+        return None, None, None
+    base = reference.split("?", 1)[0]
+    parts = base.rstrip("/").split("/")
+    version = None
+    if len(parts) >= 4 and parts[-2] == "_history":
+        version = parts[-1]
+        parts = parts[:-2]
+    if len(parts) >= 2 and parts[-2][:1].isupper():
+        return parts[-2], parts[-1], version
+    return None, None, None
+
+
+def _reference_row(value: Any) -> Row | None:
+    if isinstance(value, str):  # canonical or uri typed references
+        return {"target_type": None, "target_id": None, "target_version": None, "url": value,
+                "identifier_system": None, "identifier_value": None}
+    if not isinstance(value, dict):
+        return None
+    reference = value.get("reference")
+    identifier = value.get("identifier") if isinstance(value.get("identifier"), dict) else {}
+    target_type = target_id = version = url = None
+    if isinstance(reference, str):
+        target_type, target_id, version = parse_reference(reference)
+        if target_id is None or "://" in reference:
+            url = reference
+    if target_id is None and url is None and not identifier:
+        return None
+    return {"target_type": target_type, "target_id": target_id, "target_version": version, "url": url,
+            "identifier_system": identifier.get("system"), "identifier_value": identifier.get("value")}
+
+
+# ---------------------------------------------------------------------------------------------- entry
+
+
+def extract(resource_type: str, res_id: str, resource: dict[str, Any]) -> IndexRows:
+    """Every index row for one resource, plus the id of the patient whose compartment holds it."""
+    params, compartment_params = _compiled(resource_type)
+    rows: dict[str, list[Row]] = {}
+    patient_id = res_id if resource_type == "Patient" else None
+
+    for param in params:
+        found: list[Row] = []
+        kind = param.type
+        for path in param.paths:
+            for value in _elements(resource, path):
+                if kind == "token":
+                    found.extend({"system": s, "code": c, "text": t} for s, c, t in _token_rows(value, path.fhir_type))
+                elif kind == "reference":
+                    row = _reference_row(value)
+                    if row is not None and (not path.resolve_types or row["target_type"] in path.resolve_types):
+                        found.append(row)
+                elif kind == "string":
+                    found.extend({"value": normalize_text(s)[:2000], "exact": s[:2000]}
+                                 for s in _string_values(value, path.fhir_type))
+                elif kind == "date":
+                    found.extend({"low": lo, "high": hi} for lo, hi in _date_rows(value, path.fhir_type))
+                elif kind == "quantity":
+                    if isinstance(value, dict) and isinstance(value.get("value"), int | float):
+                        found.append({"value": float(value["value"]), "system": value.get("system"),
+                                      "code": value.get("code") or value.get("currency"), "unit": value.get("unit"),
+                                      "canonical_value": None, "canonical_code": None})
+                elif kind == "number":
+                    if isinstance(value, int | float) and not isinstance(value, bool):
+                        found.append({"value": float(value)})
+                elif kind == "uri" and isinstance(value, str):
+                    found.append({"value": value})
+        if found:
+            table_rows = rows.setdefault(kind, [])
+            for row in found:
+                row["param"] = param.code
+                table_rows.append(row)
+        if patient_id is None and kind == "reference" and param.code in compartment_params:
+            patient_id = next((r["target_id"] for r in found if r["target_type"] == "Patient"), None)
+
+    for table_rows in rows.values():
+        for row in table_rows:
+            row["res_type"] = resource_type
+            row["res_id"] = res_id
+            row["patient_id"] = patient_id
+    return IndexRows(rows, patient_id)

@@ -1,0 +1,453 @@
+"""The repository: versioned reads and writes of resources, their index rows, and searches.
+
+Writes happen inside `Store.transaction()`, one database transaction that a whole FHIR transaction
+bundle shares. Creates are buffered and flushed in bulk (executemany) because they dominate ingest;
+anything that reads inside the transaction flushes first, so it always sees its own writes.
+
+Concurrency: SQLite transactions that write begin IMMEDIATE (one writer at a time, others wait);
+on PostgreSQL, conditional interactions take a transaction-scoped advisory lock on their condition,
+so two clients racing the same `ifNoneExist` cannot both create.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, delete, func, insert, select, text, tuple_, update
+from sqlalchemy.exc import IntegrityError
+
+from app.fhir.errors import FhirError, conflict, gone, not_found, precondition_failed
+from app.store import indexer
+from app.store.db import is_sqlite
+from app.store.schema import INDEX_TABLES, Resource, ResourceHistory
+from app.store.search import SearchRequest, compile_count, compile_select
+
+resource_table = Resource.__table__  # type: ignore[attr-defined]
+history_table = ResourceHistory.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResource:
+    """One version of a resource as stored: content carries `id` and `meta.versionId/lastUpdated`."""
+
+    resource_type: str
+    id: str
+    version_id: int
+    last_updated: datetime
+    content: dict[str, Any] | None  # None for a deletion
+    method: str = "PUT"
+
+    @property
+    def deleted(self) -> bool:
+        return self.content is None
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version_id}"'
+
+    @property
+    def location(self) -> str:
+        return f"{self.resource_type}/{self.id}/_history/{self.version_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    stored: StoredResource
+    created: bool  # True: 201 Created; False: 200 OK (updated, or unchanged)
+    changed: bool = True  # False when an update carried the same content (no new version)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPage:
+    resources: list[StoredResource]
+    total: int | None
+    included: list[StoredResource] = field(default_factory=list)
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def fhir_instant(value: datetime) -> str:
+    return _utc(value).astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _without_meta(content: dict[str, Any]) -> dict[str, Any]:
+    meta = {k: v for k, v in (content.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+    body = {k: v for k, v in content.items() if k != "meta"}
+    if meta:
+        body["meta"] = meta
+    return body
+
+
+def _row_to_stored(row: Any, method: str = "PUT") -> StoredResource:
+    return StoredResource(row.res_type, row.res_id, row.version_id, _utc(row.last_updated), row.content, method)
+
+
+def parse_etag(value: str) -> int | None:
+    """'W/"3"' or '"3"' or '3' -> 3; anything else -> None."""
+    cleaned = value.strip().removeprefix("W/").strip('"')
+    return int(cleaned) if cleaned.isdigit() else None
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sqlite = is_sqlite(engine)
+        # In-process writers queue here rather than in SQLite's busy-wait loop (which sleeps and backs off).
+        self._write_lock = threading.Lock() if self._sqlite else None
+
+    # ----------------------------------------------------------------------------------------- reads
+
+    def read(self, resource_type: str, res_id: str) -> StoredResource:
+        with self.engine.connect() as conn:
+            return read_current(conn, resource_type, res_id)
+
+    def vread(self, resource_type: str, res_id: str, version_id: int) -> StoredResource:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(resource_table).where(
+                    resource_table.c.res_type == resource_type, resource_table.c.res_id == res_id
+                )
+            ).first()
+            if row is None:
+                raise not_found(f"{resource_type}/{res_id} does not exist.")
+            if row.version_id == version_id:
+                if row.deleted:
+                    raise gone(f"Version {version_id} of {resource_type}/{res_id} is its deletion.")
+                return _row_to_stored(row)
+            old = conn.execute(
+                select(history_table).where(
+                    history_table.c.res_type == resource_type,
+                    history_table.c.res_id == res_id,
+                    history_table.c.version_id == version_id,
+                )
+            ).first()
+            if old is None:
+                raise not_found(f"{resource_type}/{res_id} has no version {version_id}.")
+            if old.content is None:
+                raise gone(f"Version {version_id} of {resource_type}/{res_id} is its deletion.")
+            return _row_to_stored(old, old.method)
+
+    def history(
+        self,
+        resource_type: str | None,
+        res_id: str | None,
+        *,
+        since: datetime | None = None,
+        count: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[StoredResource], int]:
+        """Versions newest first (instance, type or system level), with the total count."""
+        current = select(
+            resource_table.c.res_type, resource_table.c.res_id, resource_table.c.version_id,
+            resource_table.c.last_updated, resource_table.c.content, resource_table.c.deleted,
+        )
+        older = select(
+            history_table.c.res_type, history_table.c.res_id, history_table.c.version_id,
+            history_table.c.last_updated, history_table.c.content, history_table.c.method,
+        )
+        for table, statement_name in ((resource_table, "current"), (history_table, "older")):
+            filters = []
+            if resource_type:
+                filters.append(table.c.res_type == resource_type)
+            if res_id:
+                filters.append(table.c.res_id == res_id)
+            if since:
+                filters.append(table.c.last_updated >= since)
+            if statement_name == "current":
+                current = current.where(*filters)
+            else:
+                older = older.where(*filters)
+        with self.engine.connect() as conn:
+            rows = [
+                (r.res_type, r.res_id, r.version_id, _utc(r.last_updated), r.content,
+                 "DELETE" if r.deleted else ("POST" if r.version_id == 1 else "PUT"))
+                for r in conn.execute(current)
+            ]
+            rows += [(r.res_type, r.res_id, r.version_id, _utc(r.last_updated), r.content, r.method)
+                     for r in conn.execute(older)]
+        if res_id and not rows:
+            raise not_found(f"{resource_type}/{res_id} does not exist.")
+        rows.sort(key=lambda r: (r[3], r[2]), reverse=True)
+        page = rows[offset: offset + count]
+        return [StoredResource(t, i, v, lu, c, m) for t, i, v, lu, c, m in page], len(rows)
+
+    def search(self, request: SearchRequest, *, with_total: bool = True) -> SearchPage:
+        with self.engine.connect() as conn:
+            return run_search(conn, request, with_total=with_total)
+
+    def count(self, resource_type: str | None = None) -> int:
+        statement = select(func.count()).select_from(resource_table).where(resource_table.c.deleted.is_(False))
+        if resource_type:
+            statement = statement.where(resource_table.c.res_type == resource_type)
+        with self.engine.connect() as conn:
+            return int(conn.execute(statement).scalar_one())
+
+    def compartment(self, patient_id: str, types: Sequence[str] | None = None) -> list[StoredResource]:
+        """Every current resource in a patient's compartment (the Patient first)."""
+        with self.engine.connect() as conn:
+            patient = read_current(conn, "Patient", patient_id)
+            statement = select(resource_table).where(
+                resource_table.c.patient_id == patient_id,
+                resource_table.c.deleted.is_(False),
+                resource_table.c.res_type != "Patient",
+            )
+            if types:
+                statement = statement.where(resource_table.c.res_type.in_(types))
+            rows = conn.execute(statement.order_by(resource_table.c.res_type, resource_table.c.res_id))
+            return [patient, *(_row_to_stored(r) for r in rows)]
+
+    # ---------------------------------------------------------------------------------------- writes
+
+    @contextmanager
+    def transaction(self) -> Iterator[WriteTransaction]:
+        """One database transaction for a whole interaction or bundle; rolled back on any error."""
+        lock = self._write_lock
+        if lock is not None:
+            lock.acquire()
+        try:
+            with self.engine.connect() as conn:
+                if self._sqlite:
+                    conn.info["sqlite_begin"] = "IMMEDIATE"
+                try:
+                    with conn.begin():
+                        tx = WriteTransaction(conn, self._sqlite)
+                        yield tx
+                        tx.flush()
+                except IntegrityError:
+                    raise conflict(
+                        "Another request wrote the same resource at the same moment; nothing was saved. Retry."
+                    ) from None
+        finally:
+            if lock is not None:
+                lock.release()
+
+
+def read_current(conn: Connection, resource_type: str, res_id: str) -> StoredResource:
+    row = conn.execute(
+        select(resource_table).where(resource_table.c.res_type == resource_type, resource_table.c.res_id == res_id)
+    ).first()
+    if row is None:
+        raise not_found(f"{resource_type}/{res_id} does not exist.")
+    if row.deleted:
+        raise gone(f"{resource_type}/{res_id} was deleted (version {row.version_id}).")
+    return _row_to_stored(row)
+
+
+def run_search(conn: Connection, request: SearchRequest, *, with_total: bool) -> SearchPage:
+    total = int(conn.execute(compile_count(request)).scalar_one()) if with_total else None
+    if request.count == 0:
+        return SearchPage([], total)
+    matches = [_row_to_stored(r) for r in conn.execute(compile_select(request))]
+    included: list[StoredResource] = []
+    if matches and (request.include or request.revinclude):
+        seen = {(r.resource_type, r.id) for r in matches}
+        keys = [k for k in _included_keys(conn, request, [r.id for r in matches]) if k not in seen]
+        included = _read_many(conn, list(dict.fromkeys(keys)))
+    return SearchPage(matches, total, included)
+
+
+def _included_keys(conn: Connection, request: SearchRequest, ids: list[str]) -> list[tuple[str, str]]:
+    """(type, id) of resources named by _include (referenced by the page) and _revinclude (referring to it)."""
+    refs = INDEX_TABLES["reference"]
+    keys: list[tuple[str, str]] = []
+    for source_type, param, target_type in request.include_specs():
+        statement = select(refs.c.target_type, refs.c.target_id).where(
+            refs.c.res_type == source_type, refs.c.param == param, refs.c.res_id.in_(ids),
+            refs.c.target_id.is_not(None),
+        )
+        if target_type:
+            statement = statement.where(refs.c.target_type == target_type)
+        keys.extend((r.target_type, r.target_id) for r in conn.execute(statement))
+    for source_type, param, _target in request.revinclude_specs():
+        statement = select(refs.c.res_type, refs.c.res_id).where(
+            refs.c.res_type == source_type, refs.c.param == param,
+            refs.c.target_type == request.resource_type, refs.c.target_id.in_(ids),
+        )
+        keys.extend((r.res_type, r.res_id) for r in conn.execute(statement))
+    return keys
+
+
+def _read_many(conn: Connection, keys: list[tuple[str, str]]) -> list[StoredResource]:
+    found: list[StoredResource] = []
+    for start in range(0, len(keys), 500):
+        chunk = keys[start: start + 500]
+        rows = conn.execute(select(resource_table).where(
+            tuple_(resource_table.c.res_type, resource_table.c.res_id).in_(chunk),
+            resource_table.c.deleted.is_(False),
+        ))
+        found.extend(_row_to_stored(r) for r in rows)
+    return found
+
+
+class WriteTransaction:
+    """Writes within one database transaction. Not thread-safe: one request owns it."""
+
+    def __init__(self, conn: Connection, sqlite: bool) -> None:
+        self.conn = conn
+        self._sqlite = sqlite
+        self.now = datetime.now(UTC)
+        self._pending_resources: list[dict[str, Any]] = []
+        self._pending_index: dict[str, list[dict[str, Any]]] = {}
+        self._pending_keys: set[tuple[str, str]] = set()
+
+    # Buffered creates ---------------------------------------------------------------------------
+
+    def create(self, resource_type: str, content: dict[str, Any], res_id: str | None = None) -> WriteResult:
+        """Create a resource with a server id (or the given one, for update-as-create of a new id)."""
+        res_id = res_id or new_id()
+        stored = self._stamp(resource_type, res_id, 1, content, "POST")
+        self._queue(stored)
+        return WriteResult(stored, created=True)
+
+    def _stamp(
+        self, resource_type: str, res_id: str, version: int, content: dict[str, Any], method: str
+    ) -> StoredResource:
+        meta = dict(content.get("meta") or {})
+        meta["versionId"] = str(version)
+        meta["lastUpdated"] = fhir_instant(self.now)
+        stamped = {"resourceType": resource_type, "id": res_id, **content}
+        stamped["id"] = res_id
+        stamped["meta"] = meta
+        return StoredResource(resource_type, res_id, version, self.now, stamped, method)
+
+    def _queue(self, stored: StoredResource) -> None:
+        assert stored.content is not None
+        index = indexer.extract(stored.resource_type, stored.id, stored.content)
+        self._pending_resources.append({
+            "res_type": stored.resource_type, "res_id": stored.id, "version_id": stored.version_id,
+            "last_updated": self.now, "deleted": False, "patient_id": index.patient_id, "content": stored.content,
+        })
+        for kind, rows in index.rows.items():
+            self._pending_index.setdefault(kind, []).extend(rows)
+        self._pending_keys.add((stored.resource_type, stored.id))
+
+    def flush(self) -> None:
+        if self._pending_resources:
+            self.conn.execute(insert(resource_table), self._pending_resources)
+            self._pending_resources = []
+        for kind, rows in self._pending_index.items():
+            if rows:
+                self.conn.execute(insert(INDEX_TABLES[kind]), rows)
+        self._pending_index = {}
+        self._pending_keys = set()
+
+    # Immediate writes ---------------------------------------------------------------------------
+
+    def _current_row(self, resource_type: str, res_id: str) -> Any:
+        self.flush()
+        statement = select(resource_table).where(
+            resource_table.c.res_type == resource_type, resource_table.c.res_id == res_id
+        )
+        if not self._sqlite:
+            statement = statement.with_for_update()
+        return self.conn.execute(statement).first()
+
+    def update(
+        self, resource_type: str, res_id: str, content: dict[str, Any], *, if_match: int | None = None
+    ) -> WriteResult:
+        """Update (or create with this id). An unchanged body writes no new version."""
+        row = self._current_row(resource_type, res_id)
+        if row is None or row.deleted:
+            if if_match is not None:
+                raise precondition_failed(
+                    f"If-Match names version {if_match}, but {resource_type}/{res_id} does not exist.", code="not-found"
+                )
+            if row is None:
+                return self.create(resource_type, content, res_id)
+            stored = self._stamp(resource_type, res_id, row.version_id + 1, content, "PUT")
+            self._replace(row, stored)
+            return WriteResult(stored, created=True)
+        if if_match is not None and if_match != row.version_id:
+            raise precondition_failed(
+                f"{resource_type}/{res_id} is at version {row.version_id}, not {if_match} as If-Match says: "
+                "someone changed it since you read it. Read it again, re-apply your change and retry."
+            )
+        if _without_meta({**content, "id": res_id, "resourceType": resource_type}) == _without_meta(row.content):
+            return WriteResult(_row_to_stored(row), created=False, changed=False)
+        stored = self._stamp(resource_type, res_id, row.version_id + 1, content, "PUT")
+        self._replace(row, stored)
+        return WriteResult(stored, created=False)
+
+    def delete(self, resource_type: str, res_id: str, *, if_match: int | None = None) -> StoredResource | None:
+        """Delete; returns the tombstone, or None when there was nothing to delete (still a success)."""
+        row = self._current_row(resource_type, res_id)
+        if row is None or row.deleted:
+            return None
+        if if_match is not None and if_match != row.version_id:
+            raise precondition_failed(
+                f"{resource_type}/{res_id} is at version {row.version_id}, not {if_match} as If-Match says."
+            )
+        tombstone = StoredResource(resource_type, res_id, row.version_id + 1, self.now, None, "DELETE")
+        self._replace(row, tombstone)
+        return tombstone
+
+    def _replace(self, row: Any, stored: StoredResource) -> None:
+        """Move the current version to history and write `stored` (a new version or a tombstone)."""
+        key = (stored.resource_type, stored.id)
+        self.conn.execute(insert(history_table).values(
+            res_type=row.res_type, res_id=row.res_id, version_id=row.version_id, last_updated=row.last_updated,
+            method="DELETE" if row.deleted else ("POST" if row.version_id == 1 else "PUT"), content=row.content,
+        ))
+        for table in INDEX_TABLES.values():
+            self.conn.execute(delete(table).where(table.c.res_type == key[0], table.c.res_id == key[1]))
+        patient_id = None
+        if stored.content is not None:
+            index = indexer.extract(stored.resource_type, stored.id, stored.content)
+            patient_id = index.patient_id
+            for kind, rows in index.rows.items():
+                self.conn.execute(insert(INDEX_TABLES[kind]), rows)
+        self.conn.execute(
+            update(resource_table)
+            .where(resource_table.c.res_type == key[0], resource_table.c.res_id == key[1])
+            .values(version_id=stored.version_id, last_updated=self.now, deleted=stored.content is None,
+                    patient_id=patient_id, content=stored.content)
+        )
+
+    # Reads inside the transaction ---------------------------------------------------------------
+
+    def read(self, resource_type: str, res_id: str) -> StoredResource:
+        self.flush()
+        return read_current(self.conn, resource_type, res_id)
+
+    def search(self, request: SearchRequest, *, with_total: bool = True) -> SearchPage:
+        self.flush()
+        return run_search(self.conn, request, with_total=with_total)
+
+    def exists(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (type, id) pairs exist (not deleted), counting creates still buffered."""
+        found = {k for k in keys if k in self._pending_keys}
+        rest = [k for k in keys if k not in found]
+        for start in range(0, len(rest), 500):
+            chunk = rest[start: start + 500]
+            rows = self.conn.execute(
+                select(resource_table.c.res_type, resource_table.c.res_id).where(
+                    tuple_(resource_table.c.res_type, resource_table.c.res_id).in_(chunk),
+                    resource_table.c.deleted.is_(False),
+                )
+            )
+            found.update((r.res_type, r.res_id) for r in rows)
+        return found
+
+    def lock_condition(self, resource_type: str, condition: str) -> None:
+        """Serialise conditional interactions on the same condition (PostgreSQL; SQLite is already serial)."""
+        if self._sqlite:
+            return
+        digest = hashlib.blake2b(f"{resource_type}?{condition}".encode(), digest_size=8).digest()
+        key = int.from_bytes(digest, "big", signed=True)
+        self.conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+__all__ = ["FhirError", "SearchPage", "Store", "StoredResource", "WriteResult", "WriteTransaction", "parse_etag"]

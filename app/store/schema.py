@@ -1,0 +1,127 @@
+"""Tables: current resources, superseded versions, and one search-index table per parameter type.
+
+Index rows are written at write time, keyed by (res_type, res_id) and carrying the resource's
+patient (`patient_id`, its Patient compartment owner), so that a later distributed engine can
+shard every table by patient and population queries (eligibility, cohorts) need no join to find
+whose data a row is.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Float, Index, String, Table, Text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+# One JSON column type for both databases: JSONB on PostgreSQL (queryable, compact), JSON text on SQLite.
+JsonColumn = JSON().with_variant(JSONB(), "postgresql")
+
+metadata = SQLModel.metadata
+
+
+class Resource(SQLModel, table=True):
+    """The current version of every resource; a delete leaves a tombstone (deleted=True, content NULL)."""
+
+    __tablename__ = "resource"
+    __table_args__ = (
+        Index("ix_resource_type_updated", "res_type", "last_updated"),
+        Index("ix_resource_patient", "patient_id"),
+    )
+
+    res_type: str = Field(primary_key=True, max_length=64)
+    res_id: str = Field(primary_key=True, max_length=64)
+    version_id: int
+    last_updated: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    deleted: bool = False
+    patient_id: str | None = Field(default=None, max_length=64)
+    content: dict[str, Any] | None = Field(default=None, sa_column=Column(JsonColumn, nullable=True))
+
+
+class ResourceHistory(SQLModel, table=True):
+    """Superseded versions (the current one lives in `resource`); `method` is the interaction that wrote it."""
+
+    __tablename__ = "resource_history"
+    __table_args__ = (Index("ix_history_type_updated", "res_type", "last_updated"),)
+
+    res_type: str = Field(primary_key=True, max_length=64)
+    res_id: str = Field(primary_key=True, max_length=64)
+    version_id: int = Field(primary_key=True)
+    last_updated: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    method: str = Field(max_length=8)
+    content: dict[str, Any] | None = Field(default=None, sa_column=Column(JsonColumn, nullable=True))
+
+
+def _index_table(name: str, *value_columns: Column[Any], lookup: tuple[str, ...]) -> Table:
+    """An index table: who (res_type, res_id, patient_id), which parameter, and the indexed values.
+
+    No primary key on purpose: rows are replaced wholesale per resource and never addressed singly.
+    """
+    return Table(
+        name,
+        metadata,
+        Column("res_type", String(64), nullable=False),
+        Column("res_id", String(64), nullable=False),
+        Column("param", String(100), nullable=False),
+        *value_columns,
+        Column("patient_id", String(64), nullable=True),
+        Index(f"ix_{name}_resource", "res_type", "res_id"),
+        Index(f"ix_{name}_lookup", "res_type", "param", *lookup),
+    )
+
+
+idx_token = _index_table(
+    "idx_token",
+    Column("system", String(255), nullable=True),
+    Column("code", String(255), nullable=True),
+    Column("text", Text, nullable=True),  # normalised display/text, for :text
+    lookup=("code", "system"),
+)
+idx_string = _index_table(
+    "idx_string",
+    Column("value", Text, nullable=False),  # lower-cased, accents removed: what default/:contains compare
+    Column("exact", Text, nullable=False),  # as written, for :exact
+    lookup=("value",),
+)
+idx_date = _index_table(
+    "idx_date",
+    Column("low", DateTime(timezone=True), nullable=True),  # NULL low: open start
+    Column("high", DateTime(timezone=True), nullable=True),  # NULL high: open end
+    lookup=("low", "high"),
+)
+idx_number = _index_table("idx_number", Column("value", Float, nullable=False), lookup=("value",))
+idx_quantity = _index_table(
+    "idx_quantity",
+    Column("value", Float, nullable=False),
+    Column("system", String(255), nullable=True),
+    Column("code", String(255), nullable=True),
+    Column("unit", String(255), nullable=True),
+    # The same quantity in UCUM base units, so comparisons work across units (filled where convertible).
+    Column("canonical_value", Float, nullable=True),
+    Column("canonical_code", String(255), nullable=True),
+    lookup=("code", "value"),
+)
+idx_reference = _index_table(
+    "idx_reference",
+    Column("target_type", String(64), nullable=True),
+    Column("target_id", String(64), nullable=True),
+    Column("target_version", String(64), nullable=True),
+    Column("url", Text, nullable=True),  # absolute or canonical references, as written
+    Column("identifier_system", String(255), nullable=True),  # Reference.identifier, for :identifier
+    Column("identifier_value", String(255), nullable=True),
+    lookup=("target_id", "target_type"),
+)
+idx_uri = _index_table("idx_uri", Column("value", Text, nullable=False), lookup=("value",))
+
+INDEX_TABLES: dict[str, Table] = {
+    "token": idx_token,
+    "string": idx_string,
+    "date": idx_date,
+    "number": idx_number,
+    "quantity": idx_quantity,
+    "reference": idx_reference,
+    "uri": idx_uri,
+}
+
+__all__ = ["INDEX_TABLES", "Resource", "ResourceHistory", "metadata"]

@@ -1,0 +1,424 @@
+"""FHIR search: query parameters parsed against the indexed definitions and compiled to SQL.
+
+Each parameter becomes `res_id IN (SELECT res_id FROM idx_<type> WHERE ...)` over its index table;
+repeated parameters AND together, comma-separated values OR together. A parameter this server does
+not index is an error (400) unless the client asked for lenient handling: a search that silently
+ignores a criterion returns the wrong cohort.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import parse_qsl
+
+from sqlalchemy import ColumnElement, Select, and_, false, func, not_, or_, select, true
+
+from app.fhir.definitions import SearchParameter, resource_types
+from app.fhir.errors import FhirError, Issue, bad_request, not_supported
+from app.store.indexer import date_range, indexed_parameters, normalize_text, parse_reference
+from app.store.schema import INDEX_TABLES, Resource
+
+resource_table = Resource.__table__  # type: ignore[attr-defined]
+
+# Result parameters: they shape the answer rather than select resources.
+RESULT_PARAMETERS = frozenset(
+    {"_count", "_offset", "_sort", "_summary", "_total", "_elements", "_include", "_revinclude", "_format",
+     "_pretty", "_contained", "_containedType"}
+)
+PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+_MODIFIERS = {
+    "token": {"not", "text", "missing", "below", "above", "in", "not-in", "of-type"},
+    "string": {"exact", "contains", "missing"},
+    "date": {"missing"},
+    "number": {"missing"},
+    "quantity": {"missing"},
+    "reference": {"missing", "identifier"},  # plus :<ResourceType>
+    "uri": {"missing", "below", "above"},
+}
+_IMPLEMENTED_MODIFIERS = {
+    "token": {"not", "text", "missing"},
+    "string": {"exact", "contains", "missing"},
+    "date": {"missing"},
+    "number": {"missing"},
+    "quantity": {"missing"},
+    "reference": {"missing", "identifier"},
+    "uri": {"missing", "below"},
+}
+_FAR_PAST = datetime(1, 1, 1, tzinfo=UTC)
+_FAR_FUTURE = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Criterion:
+    name: str
+    modifier: str | None
+    values: tuple[str, ...]
+
+
+@dataclass
+class SearchRequest:
+    """A parsed search: the criteria that select, the result parameters, and what was ignored."""
+
+    resource_type: str
+    criteria: list[Criterion] = field(default_factory=list)
+    count: int | None = None
+    offset: int = 0
+    sort: list[tuple[str, bool]] = field(default_factory=list)  # (parameter, descending)
+    summary: str | None = None
+    total: str | None = None
+    elements: list[str] = field(default_factory=list)
+    include: list[str] = field(default_factory=list)
+    revinclude: list[str] = field(default_factory=list)
+    ignored: list[Issue] = field(default_factory=list)  # lenient handling: reported, never silent
+
+    def include_specs(self) -> list[tuple[str, str, str | None]]:
+        return [_include_spec(v) for v in self.include]
+
+    def revinclude_specs(self) -> list[tuple[str, str, str | None]]:
+        return [_include_spec(v) for v in self.revinclude]
+
+
+def _include_spec(value: str) -> tuple[str, str, str | None]:
+    source, param, *target = value.split(":")
+    return source, param, target[0] if target else None
+
+
+def _check_include(name: str, value: str, modifier: str, searched_type: str) -> None:
+    """_include=Source:param[:Target] must name a reference parameter of Source (Source = the searched
+    type for _include)."""
+    if modifier:
+        raise not_supported(f"{name}:{modifier} is not supported yet; list each level explicitly.", name)
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or parts[1] == "*":
+        raise bad_request(f"{name}={value!r}: expected SourceType:parameter[:TargetType] (no wildcard).", name)
+    source, param = parts[0], parts[1]
+    if name == "_include" and source != searched_type:
+        raise bad_request(f"_include={value!r} must start with the searched type {searched_type}.", name)
+    if source not in resource_types():
+        raise bad_request(f"{name}={value!r}: {source!r} is not a resource type.", name)
+    definition = indexed_parameters(source).get(param)
+    if definition is None or definition.type != "reference":
+        raise bad_request(f"{name}={value!r}: {param!r} is not a reference search parameter of {source}.", name)
+
+
+def _split_values(raw: str) -> tuple[str, ...]:
+    """Comma separates alternatives; a backslash escapes a literal comma, pipe or dollar."""
+    parts = re.split(r"(?<!\\),", raw)
+    return tuple(p.replace("\\,", ",") for p in parts if p != "")
+
+
+def parse_search(
+    resource_type: str,
+    params: Iterable[tuple[str, str]],
+    *,
+    lenient: bool = False,
+    default_count: int = 50,
+    max_count: int = 1000,
+) -> SearchRequest:
+    request = SearchRequest(resource_type, count=default_count)
+    known = indexed_parameters(resource_type)
+    for raw_name, raw_value in params:
+        name, _, modifier = raw_name.partition(":")
+        where = f"{resource_type}?{raw_name}"
+        if name in RESULT_PARAMETERS:
+            _apply_result_parameter(request, name, modifier, raw_value, max_count, where)
+            continue
+        problem = _check_parameter(resource_type, known, name, modifier)
+        if problem is not None:
+            if lenient:
+                request.ignored.append(Issue("not-supported", problem, (raw_name,), "warning"))
+                continue
+            raise not_supported(problem, raw_name)
+        values = _split_values(raw_value)
+        if not values:
+            raise bad_request(f"Search parameter {raw_name!r} has no value.", raw_name)
+        request.criteria.append(Criterion(name, modifier or None, values))
+    return request
+
+
+def _check_parameter(resource_type: str, known: dict[str, SearchParameter], name: str, modifier: str) -> str | None:
+    if name in ("_id", "_lastUpdated"):
+        return None if modifier in ("", "missing", "not") or name == "_lastUpdated" and not modifier else (
+            f"Modifier :{modifier} is not supported on {name}."
+        )
+    param = known.get(name)
+    if param is None:
+        return (f"Unknown or unsupported search parameter {name!r} for {resource_type}. "
+                f"Supported: {', '.join(sorted([*known, '_id', '_lastUpdated']))}.")
+    if modifier and param.type == "reference" and modifier in resource_types():
+        return None if not param.targets or modifier in param.targets else (
+            f"{name} cannot refer to {modifier}; allowed targets: {', '.join(param.targets)}."
+        )
+    if modifier and modifier not in _IMPLEMENTED_MODIFIERS.get(param.type, set()):
+        known_here = modifier in _MODIFIERS.get(param.type, set())
+        return (f"Modifier :{modifier} on {param.type} parameter {name!r} is "
+                f"{'not supported by this server yet' if known_here else 'not defined by FHIR'}.")
+    return None
+
+
+def _apply_result_parameter(
+    request: SearchRequest, name: str, modifier: str, value: str, max_count: int, where: str
+) -> None:
+    if name in ("_count", "_offset"):
+        try:
+            number = int(value)
+            if number < 0:
+                raise ValueError
+        except ValueError:
+            raise bad_request(f"{name} must be a non-negative whole number, got {value!r}.", name) from None
+        if name == "_count":
+            request.count = min(number, max_count)
+        else:
+            request.offset = number
+    elif name == "_sort":
+        for key in _split_values(value):
+            request.sort.append((key.lstrip("-"), key.startswith("-")))
+    elif name == "_summary":
+        if value in ("true", "text"):
+            raise not_supported(f"_summary={value} is not supported yet; use _elements to choose elements.", name)
+        if value not in ("false", "count", "data"):
+            raise bad_request(f"_summary must be true, false, count, text or data; got {value!r}.", name)
+        request.summary = value
+        if value == "count":
+            request.count = 0
+    elif name == "_total":
+        if value not in ("none", "estimate", "accurate"):
+            raise bad_request(f"_total must be none, estimate or accurate; got {value!r}.", name)
+        request.total = value
+    elif name == "_elements":
+        request.elements.extend(_split_values(value))
+    elif name in ("_include", "_revinclude"):
+        _check_include(name, value, modifier, request.resource_type)
+        (request.include if name == "_include" else request.revinclude).append(value)
+    elif name in ("_contained", "_containedType"):
+        raise not_supported(f"{name} is not supported.", name)
+
+
+# ------------------------------------------------------------------------------------------ compiling
+
+
+def _prefix(value: str) -> tuple[str, str]:
+    if len(value) > 2 and value[:2] in PREFIXES and (value[2].isdigit() or value[2] in "-+."):
+        return value[:2], value[2:]
+    return "eq", value
+
+
+def _range_condition(prefix: str, low: Any, high: Any, value_low: Any, value_high: Any, name: str) -> ColumnElement[bool]:
+    """FHIR's prefix semantics between a stored range [low, high] and a searched range [value_low, value_high]."""
+    if prefix == "eq":
+        return and_(low >= value_low, high <= value_high)
+    if prefix == "ne":
+        return or_(low < value_low, high > value_high)
+    if prefix == "gt":
+        return high > value_high
+    if prefix == "lt":
+        return low < value_low
+    if prefix == "ge":
+        return high >= value_low
+    if prefix == "le":
+        return low <= value_high
+    if prefix == "sa":
+        return low > value_high
+    if prefix == "eb":
+        return high < value_low
+    if prefix == "ap":
+        return and_(low <= value_high, high >= value_low)
+    raise bad_request(f"Unknown prefix {prefix!r} in {name}.", name)
+
+
+def _date_condition(low: Any, high: Any, raw: str, name: str) -> ColumnElement[bool]:
+    prefix, text = _prefix(raw)
+    bounds = date_range(text)
+    if bounds is None:
+        raise bad_request(f"{name}: {text!r} is not a FHIR date, dateTime or instant (e.g. 2024-03-01).", name)
+    value_low, value_high = bounds
+    if prefix == "ap":  # approximately: widen by 10 % of the distance from now, at least a day
+        slack = max(abs(datetime.now(UTC) - value_low) * 0.1, timedelta(days=1))
+        value_low, value_high = value_low - slack, value_high + slack
+    return _range_condition(
+        prefix, func.coalesce(low, _FAR_PAST), func.coalesce(high, _FAR_FUTURE), value_low, value_high, name
+    )
+
+
+def _number_condition(column: Any, raw: str, name: str) -> ColumnElement[bool]:
+    prefix, text = _prefix(raw)
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        raise bad_request(f"{name}: {text!r} is not a number.", name) from None
+    # Implicit precision: 100 means [99.5, 100.5); 1e2 means [50, 150).
+    exponent = number.as_tuple().exponent
+    half = Decimal(5).scaleb(int(exponent) - 1) if isinstance(exponent, int) else Decimal(0)
+    low, high = float(number - half), float(number + half)
+    exact = float(number)
+    if prefix == "eq":
+        return and_(column >= low, column < high)
+    if prefix == "ne":
+        return or_(column < low, column >= high)
+    if prefix == "ap":
+        slack = abs(exact) * 0.1
+        return and_(column >= exact - slack, column <= exact + slack)
+    return {"gt": column > exact, "lt": column < exact, "ge": column >= exact, "le": column <= exact,
+            "sa": column > exact, "eb": column < exact}[prefix]
+
+
+def _token_condition(table: Any, raw: str, modifier: str | None) -> ColumnElement[bool]:
+    if modifier == "text":
+        return table.c.text.like(normalize_text(raw) + "%")
+    if "|" in raw:
+        system, _, code = raw.partition("|")
+        if not system:
+            return and_(table.c.system.is_(None), table.c.code == code)
+        if not code:
+            return table.c.system == system
+        return and_(table.c.system == system, table.c.code == code)
+    return table.c.code == raw
+
+
+def _string_condition(table: Any, raw: str, modifier: str | None) -> ColumnElement[bool]:
+    if modifier == "exact":
+        return table.c.exact == raw
+    needle = normalize_text(raw).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    if modifier == "contains":
+        return table.c.value.like(f"%{needle}%", escape="\\")
+    return table.c.value.like(f"{needle}%", escape="\\")
+
+
+def _reference_condition(table: Any, param: SearchParameter, raw: str, modifier: str | None) -> ColumnElement[bool]:
+    if modifier == "identifier":
+        system, _, value = raw.rpartition("|")
+        condition = table.c.identifier_value == value
+        return and_(table.c.identifier_system == system, condition) if system else condition
+    if "://" in raw:
+        target_type, target_id, _ = parse_reference(raw)
+        by_url = table.c.url == raw
+        if target_id is None:
+            return by_url
+        return or_(by_url, and_(table.c.target_type == target_type, table.c.target_id == target_id))
+    target_type, target_id, _ = parse_reference(raw)
+    if target_id is None:  # a bare id
+        condition = table.c.target_id == raw
+        return and_(table.c.target_type == modifier, condition) if modifier else condition
+    if modifier and modifier != target_type:
+        return false()
+    return and_(table.c.target_type == target_type, table.c.target_id == target_id)
+
+
+def _quantity_condition(table: Any, raw: str, name: str) -> ColumnElement[bool]:
+    number, _, unit_part = raw.partition("|")
+    condition = _number_condition(table.c.value, number, name)
+    if unit_part:
+        system, _, code = unit_part.partition("|")
+        if code:
+            condition = and_(condition, table.c.code == code)
+            if system:
+                condition = and_(condition, table.c.system == system)
+        elif system:  # value||unit form omitted system: 'value|unit' is not FHIR; treat as code
+            condition = and_(condition, or_(table.c.code == system, table.c.unit == system))
+    return condition
+
+
+def _criterion_condition(resource_type: str, criterion: Criterion) -> ColumnElement[bool]:
+    name, modifier = criterion.name, criterion.modifier
+    if name == "_id":
+        if modifier == "missing":
+            return false() if criterion.values[0] == "true" else true()
+        condition = resource_table.c.res_id.in_(criterion.values)
+        return not_(condition) if modifier == "not" else condition
+    if name == "_lastUpdated":
+        column = resource_table.c.last_updated
+        return or_(*(_date_condition(column, column, v, name) for v in criterion.values))
+
+    param = indexed_parameters(resource_type)[name]
+    table = INDEX_TABLES[param.type]
+    owned = and_(table.c.res_type == resource_type, table.c.param == name)
+
+    if modifier == "missing":
+        if criterion.values[0] not in ("true", "false"):
+            raise bad_request(f"{name}:missing takes true or false.", f"{name}:missing")
+        has_value = resource_table.c.res_id.in_(select(table.c.res_id).where(owned))
+        return not_(has_value) if criterion.values[0] == "true" else has_value
+
+    alternatives: list[ColumnElement[bool]] = []
+    for raw in criterion.values:
+        if param.type == "token":
+            alternatives.append(_token_condition(table, raw, modifier if modifier != "not" else None))
+        elif param.type == "string":
+            alternatives.append(_string_condition(table, raw, modifier))
+        elif param.type == "date":
+            alternatives.append(_date_condition(table.c.low, table.c.high, raw, name))
+        elif param.type == "number":
+            alternatives.append(_number_condition(table.c.value, raw, name))
+        elif param.type == "quantity":
+            alternatives.append(_quantity_condition(table, raw, name))
+        elif param.type == "reference":
+            alternatives.append(_reference_condition(table, param, raw, modifier))
+        elif param.type == "uri":
+            alternatives.append(table.c.value.like(raw.rstrip("/") + "%") if modifier == "below"
+                                else table.c.value == raw)
+    matching = select(table.c.res_id).where(owned, or_(*alternatives))
+    membership = resource_table.c.res_id.in_(matching)
+    return not_(membership) if modifier == "not" else membership
+
+
+def where_clause(request: SearchRequest) -> ColumnElement[bool]:
+    conditions = [resource_table.c.res_type == request.resource_type, resource_table.c.deleted == false()]
+    conditions.extend(_criterion_condition(request.resource_type, c) for c in request.criteria)
+    return and_(*conditions)
+
+
+def _sort_key(resource_type: str, name: str) -> Any:
+    if name == "_id":
+        return resource_table.c.res_id
+    if name == "_lastUpdated":
+        return resource_table.c.last_updated
+    param = indexed_parameters(resource_type).get(name)
+    if param is None or param.type not in ("date", "string", "token", "number", "quantity", "uri"):
+        raise not_supported(f"Cannot sort {resource_type} by {name!r}: not a sortable indexed parameter.", "_sort")
+    table = INDEX_TABLES[param.type]
+    column = table.c.low if param.type == "date" else table.c.code if param.type == "token" else table.c.value
+    return (
+        select(func.min(column))
+        .where(table.c.res_type == resource_type, table.c.param == name, table.c.res_id == resource_table.c.res_id)
+        .scalar_subquery()
+    )
+
+
+def compile_select(request: SearchRequest) -> Select[Any]:
+    """The ordered, paged SELECT of matching current resources."""
+    statement = select(resource_table).where(where_clause(request))
+    order: list[Any] = []
+    for name, descending in request.sort:
+        key = _sort_key(request.resource_type, name)
+        order.append(key.desc() if descending else key.asc())
+    # A stable tiebreak so that paging never repeats or skips a resource.
+    order.append(resource_table.c.res_id)
+    statement = statement.order_by(*order).offset(request.offset)
+    if request.count is not None:
+        statement = statement.limit(request.count)
+    return statement
+
+
+def compile_count(request: SearchRequest) -> Select[Any]:
+    return select(func.count()).select_from(resource_table).where(where_clause(request))
+
+
+def conditional_request(resource_type: str, query: str, *, where: str) -> SearchRequest:
+    """Parse the query part of a conditional interaction (`identifier=sys|val`); strict, no result params."""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not pairs:
+        raise bad_request(f"The condition {query!r} selects nothing: give at least one search parameter.", where)
+    try:
+        request = parse_search(resource_type, pairs)
+    except FhirError as exc:
+        raise FhirError(exc.status, [Issue(i.code, i.diagnostics, (where,)) for i in exc.issues]) from None
+    request.count = None
+    return request
+
+
+__all__: Sequence[str] = ["SearchRequest", "compile_count", "compile_select", "conditional_request", "parse_search"]

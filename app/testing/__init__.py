@@ -1,0 +1,1 @@
+"""Test and benchmark helpers (throwaway PostgreSQL servers); not used by the running service."""
