@@ -16,6 +16,8 @@ def _serve(args: argparse.Namespace) -> int:
     from app.main import create_app
 
     overrides: dict[str, object] = {"load_demo": args.demo}
+    if args.validation_workers is not None:
+        overrides["validation_workers"] = args.validation_workers
     if args.database_url:
         overrides["database_url"] = args.database_url
     settings = Settings(**overrides)  # type: ignore[arg-type]
@@ -35,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),
                        help="sqlite:///path or postgresql://user@host/db (default: sqlite under var/)")
     serve.add_argument("--demo", action="store_true", help="load the demo fixtures at start-up (idempotent)")
+    serve.add_argument("--validation-workers", type=int, default=None,
+                       help="processes validating large bundles (default: one per core; 0: inline)")
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--no-access-log", dest="access_log", action="store_false")
     serve.set_defaults(handler=_serve)

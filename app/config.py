@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     default_page_size: int = 50
     max_page_size: int = 1_000
     base_url: str | None = None  # public base of the FHIR endpoint; derived from the request when unset
+    # Worker processes validating big bundles; None: one per available core (0 on a single core).
+    validation_workers: int | None = None
     load_demo: bool = False
     fixtures_dir: Path = Path(__file__).resolve().parent.parent / "fixtures"
 

@@ -18,6 +18,7 @@ from app.api.responses import fhir_response
 from app.config import Settings, get_settings
 from app.fhir.errors import FhirError, Issue, operation_outcome
 from app.fhir.rest import FhirService, Limits
+from app.fhir.validator_pool import ValidatorPool, default_workers
 from app.store.db import make_engine, migrate
 from app.store.repository import Store
 
@@ -35,13 +36,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings.database_url)
         migrate(engine)
         store = Store(engine)
+        workers = default_workers() if settings.validation_workers is None else settings.validation_workers
+        validator = ValidatorPool(workers)
         app.state.settings = settings
         app.state.store = store
         app.state.fhir_service = FhirService(store, Limits(
             max_bundle_entries=settings.max_bundle_entries,
             default_page_size=settings.default_page_size,
             max_page_size=settings.max_page_size,
-        ))
+        ), validator)
         if settings.load_demo:
             from app.demo import load_demo
 
@@ -49,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            validator.close()
             engine.dispose()
 
     app = FastAPI(title="TrialBridge", version=__version__, lifespan=lifespan,

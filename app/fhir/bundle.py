@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from app.fhir import interactions
+from app.fhir import conformance, interactions
 from app.fhir.definitions import resource_types
 from app.fhir.errors import FhirError, Issue, bad_request, operation_outcome, precondition_failed
 from app.fhir.interactions import InteractionResult
 from app.fhir.references import rewrite_references
 from app.fhir.searchset import SearchContext, search_bundle
-from app.fhir.validation import validation_issues
+from app.fhir.validation import check_id, validation_issues
+from app.fhir.validator_pool import INLINE, ValidatorPool
 from app.store.repository import Store, WriteTransaction, fhir_instant, new_id, parse_etag
 from app.store.search import parse_search
 
@@ -35,6 +36,7 @@ class BundleOptions:
     max_entries: int = 10_000
     default_count: int = 50
     max_count: int = 1000
+    validator: ValidatorPool = INLINE
 
 
 @dataclass
@@ -107,6 +109,8 @@ def _parse_entry(index: int, raw: Any, options: BundleOptions) -> _Entry:
         raise bad_request(f"request.url {url!r} does not start with a FHIR R4 resource type.",
                           f"{where}.request.url", "not-supported")
     res_id = segments[1] if len(segments) >= 2 and segments[1] != "_search" else None
+    if res_id is not None:
+        check_id(res_id, f"{where}.request.url")
     version = None
     if len(segments) == 4 and segments[2] == "_history" and segments[3].isdigit():
         version = int(segments[3])
@@ -160,28 +164,46 @@ def _relative(url: str, base_url: str) -> tuple[str, str]:
 def _transaction(store: Store, raw_entries: list[Any], options: BundleOptions) -> dict[str, Any]:
     entries = [_parse_entry(i, raw, options) for i, raw in enumerate(raw_entries)]
     _reject_duplicate_targets(entries)
+    writing = [e for e in entries if e.resource is not None]
+    # The expensive model validation runs (in worker processes, for big bundles) while this thread
+    # resolves identities, rewrites references and stages the writes; nothing commits until it passed.
+    model_validation = options.validator.start([e.resource for e in writing if e.resource is not None])
     results: dict[int, dict[str, Any]] = {}
     with store.transaction() as tx:
         id_map = _resolve_identities(tx, entries)
         resolver = _ReferenceResolver(tx, id_map, options.base_url)
-        issues: list[Issue] = []
-        for entry in entries:
-            if entry.resource is None:
-                continue
-            prefix = f"{entry.where}.resource"
-            rewrite_references(entry.resource, prefix, resolver)
-            issues.extend(i.under(prefix) for i in validation_issues(entry.resource))
-            if len(issues) >= MAX_REPORTED_ISSUES:
-                break
+        for entry in writing:
+            assert entry.resource is not None
+            rewrite_references(entry.resource, f"{entry.where}.resource", resolver)
+        failure: Exception | None = None
+        if not resolver.issues:
+            try:
+                for entry in sorted(entries, key=lambda e: _ORDER[e.method]):
+                    try:
+                        results[entry.index] = _response_entry(_execute(tx, entry, options), entry, options)
+                    except FhirError as exc:
+                        raise _at_entry(exc, entry) from None
+            except Exception as exc:  # reported after validation, which explains most failures
+                failure = exc
+        issues = _validation_issues(writing, model_validation())
         if resolver.issues or issues:
             raise FhirError(_rejection_status(resolver.issues), (resolver.issues + issues)[:MAX_REPORTED_ISSUES])
-        for entry in sorted(entries, key=lambda e: _ORDER[e.method]):
-            try:
-                results[entry.index] = _response_entry(_execute(tx, entry, options), entry, options)
-            except FhirError as exc:
-                raise _at_entry(exc, entry) from None
+        if failure is not None:
+            raise failure
     return {"resourceType": "Bundle", "type": "transaction-response",
             "entry": [results[i] for i in range(len(entries))]}
+
+
+def _validation_issues(writing: list[_Entry], model_issues: list[list[Issue]]) -> list[Issue]:
+    """Model issues per entry; where the model passed, the conformance checks (on rewritten references)."""
+    issues: list[Issue] = []
+    for entry, found in zip(writing, model_issues, strict=True):
+        assert entry.resource is not None
+        found = found or conformance.check_resource(entry.resource)
+        issues.extend(i.under(f"{entry.where}.resource") for i in found)
+        if len(issues) >= MAX_REPORTED_ISSUES:
+            break
+    return issues
 
 
 def _reject_duplicate_targets(entries: list[_Entry]) -> None:

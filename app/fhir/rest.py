@@ -17,7 +17,8 @@ from app.fhir.definitions import resource_types
 from app.fhir.errors import FhirError, Issue, bad_request, not_found, not_supported, operation_outcome
 from app.fhir.interactions import InteractionResult
 from app.fhir.searchset import SearchContext, history_bundle, search_bundle
-from app.fhir.validation import parse_json, require_resource_type, validate_resource
+from app.fhir.validation import check_id, parse_json, require_resource_type, validate_resource
+from app.fhir.validator_pool import INLINE, ValidatorPool
 from app.store.indexer import date_range
 from app.store.repository import SearchPage, Store, StoredResource, parse_etag
 from app.store.search import parse_search
@@ -53,15 +54,18 @@ def _if_match(value: str | None) -> int | None:
     return version
 
 
-def _check_type(resource_type: str) -> None:
+def _check_type(resource_type: str, res_id: str | None = None) -> None:
     if resource_type not in resource_types():
         raise not_found(f"Unknown resource type {resource_type!r}: not a FHIR R4 resource type.")
+    if res_id is not None:
+        check_id(res_id, f"{resource_type}.id")
 
 
 class FhirService:
-    def __init__(self, store: Store, limits: Limits | None = None) -> None:
+    def __init__(self, store: Store, limits: Limits | None = None, validator: ValidatorPool = INLINE) -> None:
         self.store = store
         self.limits = limits or Limits()
+        self.validator = validator
 
     # ------------------------------------------------------------------------------------------ reads
 
@@ -69,7 +73,7 @@ class FhirService:
         return FhirReply(200, capability_statement(base_url))
 
     def read(self, resource_type: str, res_id: str, base_url: str, if_none_match: str | None = None) -> FhirReply:
-        _check_type(resource_type)
+        _check_type(resource_type, res_id)
         stored = self.store.read(resource_type, res_id)
         headers = _version_headers(stored, base_url)
         if if_none_match is not None and parse_etag(if_none_match) == stored.version_id:
@@ -77,7 +81,7 @@ class FhirService:
         return FhirReply(200, stored.content, headers)
 
     def vread(self, resource_type: str, res_id: str, version: str, base_url: str) -> FhirReply:
-        _check_type(resource_type)
+        _check_type(resource_type, res_id)
         if not version.isdigit():
             raise not_found(f"Version {version!r} of {resource_type}/{res_id}: versions are whole numbers.")
         stored = self.store.vread(resource_type, res_id, int(version))
@@ -169,7 +173,7 @@ class FhirService:
     def update(
         self, resource_type: str, res_id: str, raw: bytes, base_url: str, *, if_match: str | None, prefer: str | None
     ) -> FhirReply:
-        _check_type(resource_type)
+        _check_type(resource_type, res_id)
         resource = self._body(raw, resource_type)
         with self.store.transaction() as tx:
             result = interactions.update(tx, resource_type, res_id, resource, if_match=_if_match(if_match))
@@ -186,7 +190,7 @@ class FhirService:
         return self._write_reply(result, base_url, prefer)
 
     def delete(self, resource_type: str, res_id: str, base_url: str, *, if_match: str | None) -> FhirReply:
-        _check_type(resource_type)
+        _check_type(resource_type, res_id)
         with self.store.transaction() as tx:
             result = interactions.delete(tx, resource_type, res_id, if_match=_if_match(if_match))
         return self._write_reply(result, base_url, None)
@@ -208,6 +212,7 @@ class FhirService:
             max_entries=self.limits.max_bundle_entries,
             default_count=self.limits.default_page_size,
             max_count=self.limits.max_page_size,
+            validator=self.validator,
         )
         return FhirReply(200, bundle.process(self.store, document, options))
 

@@ -8,6 +8,7 @@ not enforce. Resources stay plain dicts afterwards: we store what the client sen
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -28,6 +29,15 @@ _PLAIN_MESSAGES = {
     "missing": "required element is missing",
     "model_field_validation.missing": "required element is missing",
 }
+
+
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+def check_id(res_id: str, where: str) -> None:
+    """A FHIR id: 1-64 of letters, digits, '-' and '.'."""
+    if not _ID.fullmatch(res_id):
+        raise bad_request(f"{res_id[:80]!r} is not a valid FHIR id (1-64 letters, digits, '-' or '.').", where)
 
 
 def parse_json(body: bytes, what: str = "request body") -> Any:
@@ -88,14 +98,24 @@ def validate_resource(resource: Any, expected_type: str | None = None) -> str:
         raise bad_request(
             f"The resource is a {resource_type} but the URL is for {expected_type}.", "resourceType"
         )
-    try:
-        model_class(resource_type).model_validate(resource)
-    except ValidationError as exc:
-        raise FhirError(422, _issues_from_pydantic(resource_type, exc)) from None
-    issues = conformance.check_resource(resource)
+    issues = model_issues(resource) or conformance.check_resource(resource)
     if issues:
         raise FhirError(422, issues)
     return resource_type
+
+
+def model_issues(resource: dict[str, Any]) -> list[Issue]:
+    """What the fhir.resources R4B model finds wrong (structure, datatypes, cardinality); [] when valid.
+
+    The resource type must already be known (see `require_resource_type`). This is the expensive
+    half of validation, and the part `ValidatorPool` runs in worker processes.
+    """
+    resource_type = resource["resourceType"]
+    try:
+        model_class(resource_type).model_validate(resource)
+    except ValidationError as exc:
+        return _issues_from_pydantic(resource_type, exc)
+    return []
 
 
 def validation_issues(resource: Any) -> list[Issue]:
@@ -107,4 +127,5 @@ def validation_issues(resource: Any) -> list[Issue]:
     return []
 
 
-__all__ = ["parse_json", "require_resource_type", "unprocessable", "validate_resource", "validation_issues"]
+__all__ = ["model_issues", "parse_json", "require_resource_type", "unprocessable", "validate_resource",
+           "validation_issues"]

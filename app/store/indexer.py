@@ -33,26 +33,32 @@ class IndexRows:
 
 
 @dataclass(frozen=True, slots=True)
-class _CompiledParam:
-    code: str
-    type: str
-    paths: tuple[SearchPath, ...]
+class _Plan:
+    """Per resource type: the (parameter, type, path) triples grouped by the path's first JSON key, so
+    extraction visits only the elements a resource actually has."""
+
+    by_first_key: dict[str, tuple[tuple[str, str, SearchPath], ...]]
+    codes: frozenset[str]
+    compartment: frozenset[str]
 
 
 @cache
-def _compiled(resource_type: str) -> tuple[tuple[_CompiledParam, ...], tuple[str, ...]]:
-    params = tuple(
-        _CompiledParam(p.code, p.type, p.paths)
-        for p in search_parameters(resource_type).values()
-        if p.type in INDEXED_TYPES and p.paths and p.code not in RESOURCE_TABLE_PARAMS
-    )
-    return params, patient_compartment(resource_type)
+def _plan(resource_type: str) -> _Plan:
+    grouped: dict[str, list[tuple[str, str, SearchPath]]] = {}
+    codes = set()
+    for p in search_parameters(resource_type).values():
+        if p.type in INDEXED_TYPES and p.paths and p.code not in RESOURCE_TABLE_PARAMS:
+            codes.add(p.code)
+            for path in p.paths:
+                grouped.setdefault(path.keys[0], []).append((p.code, p.type, path))
+    return _Plan({k: tuple(v) for k, v in grouped.items()}, frozenset(codes),
+                 frozenset(patient_compartment(resource_type)))
 
 
 def indexed_parameters(resource_type: str) -> dict[str, SearchParameter]:
     """The parameters this server indexes for `resource_type` (what search and metadata may offer)."""
-    compiled = {p.code for p in _compiled(resource_type)[0]}
-    return {code: p for code, p in search_parameters(resource_type).items() if code in compiled}
+    codes = _plan(resource_type).codes
+    return {code: p for code, p in search_parameters(resource_type).items() if code in codes}
 
 
 def normalize_text(value: str) -> str:
@@ -63,10 +69,19 @@ def normalize_text(value: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
 
-def _elements(resource: dict[str, Any], path: SearchPath) -> Iterator[Any]:
-    current: list[Any] = [resource]
-    for key in path.keys:
+def _matches(node: Any, where: tuple[tuple[str, str], ...]) -> bool:
+    return isinstance(node, dict) and all(node.get(k) == v for k, v in where)
+
+
+def _elements(first: Any, path: SearchPath) -> list[Any]:
+    """The values at `path`, given the value of its first key; arrays are walked implicitly."""
+    current: list[Any] = first if isinstance(first, list) else [first]
+    keys, where, where_at = path.keys, path.where, path.where_at
+    for depth in range(1, len(keys)):
+        if where and where_at == depth:
+            current = [n for n in current if _matches(n, where)]
         following: list[Any] = []
+        key = keys[depth]
         for node in current:
             if isinstance(node, dict):
                 value = node.get(key)
@@ -75,12 +90,11 @@ def _elements(resource: dict[str, Any], path: SearchPath) -> Iterator[Any]:
                 elif value is not None:
                     following.append(value)
         if not following:
-            return
+            return following
         current = following
-    for node in current:
-        if path.where and not (isinstance(node, dict) and all(node.get(k) == v for k, v in path.where)):
-            continue
-        yield node
+    if where and (where_at is None or where_at >= len(keys)):
+        current = [n for n in current if _matches(n, where)]
+    return current
 
 
 # ---------------------------------------------------------------------------------------------- dates
@@ -229,46 +243,44 @@ def _reference_row(value: Any) -> Row | None:
 # ---------------------------------------------------------------------------------------------- entry
 
 
+def _rows_for(kind: str, value: Any, path: SearchPath) -> list[Row]:
+    fhir_type = path.fhir_type
+    if kind == "token":
+        return [{"system": s, "code": c, "text": t} for s, c, t in _token_rows(value, fhir_type)]
+    if kind == "reference":
+        row = _reference_row(value)
+        return [row] if row is not None and (not path.resolve_types or row["target_type"] in path.resolve_types) else []
+    if kind == "string":
+        return [{"value": normalize_text(s)[:2000], "exact": s[:2000]} for s in _string_values(value, fhir_type)]
+    if kind == "date":
+        return [{"low": lo, "high": hi} for lo, hi in _date_rows(value, fhir_type)]
+    if kind == "quantity":
+        if isinstance(value, dict) and isinstance(value.get("value"), int | float):
+            return [{"value": float(value["value"]), "system": value.get("system"),
+                     "code": value.get("code") or value.get("currency"), "unit": value.get("unit"),
+                     "canonical_value": None, "canonical_code": None}]
+        return []
+    if kind == "number":
+        return [{"value": float(value)}] if isinstance(value, int | float) and not isinstance(value, bool) else []
+    if kind == "uri":
+        return [{"value": value}] if isinstance(value, str) else []
+    return []
+
+
 def extract(resource_type: str, res_id: str, resource: dict[str, Any]) -> IndexRows:
     """Every index row for one resource, plus the id of the patient whose compartment holds it."""
-    params, compartment_params = _compiled(resource_type)
+    plan = _plan(resource_type)
     rows: dict[str, list[Row]] = {}
     patient_id = res_id if resource_type == "Patient" else None
-
-    for param in params:
-        found: list[Row] = []
-        kind = param.type
-        for path in param.paths:
-            for value in _elements(resource, path):
-                if kind == "token":
-                    found.extend({"system": s, "code": c, "text": t} for s, c, t in _token_rows(value, path.fhir_type))
-                elif kind == "reference":
-                    row = _reference_row(value)
-                    if row is not None and (not path.resolve_types or row["target_type"] in path.resolve_types):
-                        found.append(row)
-                elif kind == "string":
-                    found.extend({"value": normalize_text(s)[:2000], "exact": s[:2000]}
-                                 for s in _string_values(value, path.fhir_type))
-                elif kind == "date":
-                    found.extend({"low": lo, "high": hi} for lo, hi in _date_rows(value, path.fhir_type))
-                elif kind == "quantity":
-                    if isinstance(value, dict) and isinstance(value.get("value"), int | float):
-                        found.append({"value": float(value["value"]), "system": value.get("system"),
-                                      "code": value.get("code") or value.get("currency"), "unit": value.get("unit"),
-                                      "canonical_value": None, "canonical_code": None})
-                elif kind == "number":
-                    if isinstance(value, int | float) and not isinstance(value, bool):
-                        found.append({"value": float(value)})
-                elif kind == "uri" and isinstance(value, str):
-                    found.append({"value": value})
-        if found:
-            table_rows = rows.setdefault(kind, [])
-            for row in found:
-                row["param"] = param.code
-                table_rows.append(row)
-        if patient_id is None and kind == "reference" and param.code in compartment_params:
-            patient_id = next((r["target_id"] for r in found if r["target_type"] == "Patient"), None)
-
+    for key, first in resource.items():
+        for code, kind, path in plan.by_first_key.get(key, ()):
+            for value in _elements(first, path):
+                for row in _rows_for(kind, value, path):
+                    row["param"] = code
+                    rows.setdefault(kind, []).append(row)
+                    if patient_id is None and kind == "reference" and code in plan.compartment \
+                            and row["target_type"] == "Patient":
+                        patient_id = row["target_id"]
     for table_rows in rows.values():
         for row in table_rows:
             row["res_type"] = resource_type

@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.fhir.errors import FhirError, conflict, gone, not_found, precondition_failed
 from app.store import indexer
+from app.store.bulk import bulk_insert
 from app.store.db import is_sqlite
 from app.store.schema import INDEX_TABLES, Resource, ResourceHistory
 from app.store.search import SearchRequest, compile_count, compile_select
@@ -336,11 +337,10 @@ class WriteTransaction:
 
     def flush(self) -> None:
         if self._pending_resources:
-            self.conn.execute(insert(resource_table), self._pending_resources)
+            bulk_insert(self.conn, resource_table, self._pending_resources)
             self._pending_resources = []
         for kind, rows in self._pending_index.items():
-            if rows:
-                self.conn.execute(insert(INDEX_TABLES[kind]), rows)
+            bulk_insert(self.conn, INDEX_TABLES[kind], rows)
         self._pending_index = {}
         self._pending_keys = set()
 
@@ -408,7 +408,7 @@ class WriteTransaction:
             index = indexer.extract(stored.resource_type, stored.id, stored.content)
             patient_id = index.patient_id
             for kind, rows in index.rows.items():
-                self.conn.execute(insert(INDEX_TABLES[kind]), rows)
+                bulk_insert(self.conn, INDEX_TABLES[kind], rows)
         self.conn.execute(
             update(resource_table)
             .where(resource_table.c.res_type == key[0], resource_table.c.res_id == key[1])

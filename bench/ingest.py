@@ -1,0 +1,158 @@
+"""Ingest benchmark: transaction bundles of 1,000 realistic entries posted to a live server.
+
+Prints, for SQLite and PostgreSQL, the median ingest rate (resources/s) over the bundles, and the
+floor measured in the same run: the same bundles through parse + validate only (fhir.resources R4B
+`Bundle.model_validate_json`, one core), with the ratio ingest / floor. Targets (issue 2): ratio
+>= 0.60 for one server process, >= 2,000 resources/s on each database.
+
+    python bench/ingest.py [--bundles 12] [--entries 1000] [--backends sqlite,postgresql]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from app.fhir.version import model_class
+from app.testing.live import start_live_server, stop_live_server
+from app.testing.postgres import PostgresServer
+
+LOINC_LABS = [
+    ("6690-2", "Leukocytes [#/volume] in Blood by Automated count", "10*3/uL", 3.0, 11.0),
+    ("777-3", "Platelets [#/volume] in Blood by Automated count", "10*3/uL", 80, 400),
+    ("718-7", "Hemoglobin [Mass/volume] in Blood", "g/dL", 9.0, 17.0),
+    ("789-8", "Erythrocytes [#/volume] in Blood by Automated count", "10*6/uL", 3.2, 5.9),
+    ("24467-3", "CD3+CD4+ (T4 helper) cells [#/volume] in Blood", "/uL", 300, 1500),
+    ("8310-5", "Body temperature", "Cel", 36.0, 39.5),
+]
+CONDITIONS = [("191627008", "Bipolar affective disorder, current episode depression"),
+              ("86044005", "Amyotrophic lateral sclerosis"), ("55464009", "Systemic lupus erythematosus")]
+
+
+def make_bundle(rng: random.Random, entries: int, run: str) -> dict[str, Any]:
+    """~10 % Patients, ~10 % Conditions, ~80 % Observations, linked by urn:uuid references."""
+    patients = max(1, entries // 10)
+    out: list[dict[str, Any]] = []
+    patient_urls = []
+    for p in range(patients):
+        url = f"urn:uuid:{uuid.uuid4()}"
+        patient_urls.append(url)
+        out.append({"fullUrl": url, "request": {"method": "POST", "url": "Patient"}, "resource": {
+            "resourceType": "Patient",
+            "identifier": [{"system": "https://hospital.example/mrn", "value": f"{run}-{p}"}],
+            "name": [{"family": rng.choice(["Martin", "Bernard", "Dubois", "Durand"]), "given": ["Alex"]}],
+            "gender": rng.choice(["female", "male"]), "birthDate": f"{rng.randint(1950, 2005)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}",
+        }})
+    for c in range(patients):
+        code, display = rng.choice(CONDITIONS)
+        out.append({"request": {"method": "POST", "url": "Condition"}, "resource": {
+            "resourceType": "Condition",
+            "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                           "code": "active"}]},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": code, "display": display}]},
+            "subject": {"reference": patient_urls[c]}, "onsetDateTime": "2024-05-01",
+        }})
+    while len(out) < entries:
+        code, display, unit, low, high = rng.choice(LOINC_LABS)
+        out.append({"request": {"method": "POST", "url": "Observation"}, "resource": {
+            "resourceType": "Observation", "status": "final",
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                      "code": "laboratory"}]}],
+            "code": {"coding": [{"system": "http://loinc.org", "code": code, "display": display}]},
+            "subject": {"reference": rng.choice(patient_urls)},
+            "effectiveDateTime": f"2026-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}T08:{rng.randint(10, 59)}:00Z",
+            "valueQuantity": {"value": round(rng.uniform(low, high), 2), "unit": unit,
+                              "system": "http://unitsofmeasure.org", "code": unit},
+            "referenceRange": [{"low": {"value": low, "unit": unit, "system": "http://unitsofmeasure.org",
+                                        "code": unit}}],
+        }})
+    return {"resourceType": "Bundle", "type": "transaction", "entry": out}
+
+
+def floor_rate(bodies: list[bytes]) -> float:
+    """Resources/s of parse + validate alone on one core: each entry's resource parsed from JSON and
+    validated by its R4B model (what the server must do per resource at the very least)."""
+    rates = []
+    for body in bodies:
+        resources = [orjson.dumps(e["resource"]) for e in orjson.loads(body)["entry"]]
+        start = time.perf_counter()
+        for raw in resources:
+            parsed = orjson.loads(raw)
+            model_class(parsed["resourceType"]).model_validate(parsed)
+        rates.append(len(resources) / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def ingest_rate(base_url: str, bodies: list[bytes], entries: int) -> float:
+    rates = []
+    with httpx.Client(timeout=300, headers={"Content-Type": "application/fhir+json"}) as client:
+        for body in bodies:
+            start = time.perf_counter()
+            response = client.post(base_url, content=body)
+            elapsed = time.perf_counter() - start
+            if response.status_code != 200:
+                sys.exit(f"ingest failed: {response.status_code} {response.text[:500]}")
+            rates.append(entries / elapsed)
+    return statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundles", type=int, default=12)
+    parser.add_argument("--entries", type=int, default=1000)
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--validation-workers", default="default,0",
+                        help="server settings to compare: 'default' (one per core) and/or a number (0: inline)")
+    args = parser.parse_args()
+
+    rng = random.Random(2026)
+    print(f"# ingest benchmark — {time.strftime('%Y-%m-%d')} — {platform.node()} "
+          f"({platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
+          f"{platform.python_version()})")
+    print(f"{args.bundles} transaction bundles × {args.entries} entries (10 % Patient, 10 % Condition, "
+          "80 % Observation); medians per bundle")
+    print(f"{'database':<12}{'validation':>12}{'ingest res/s':>14}{'floor res/s':>14}{'ratio':>8}"
+          "  targets: ratio >= 0.60, >= 2000 res/s")
+    for backend in args.backends.split(","):
+        for workers in args.validation_workers.split(","):
+            bodies = [orjson.dumps(make_bundle(rng, args.entries, f"{backend}{workers}{i}"))
+                      for i in range(args.bundles)]
+            floor = floor_rate(bodies)
+            extra = () if workers == "default" else ("--validation-workers", workers)
+            rate = run_server_and_ingest(backend, bodies, args.entries, extra)
+            verdict = "ok" if rate / floor >= 0.6 and rate >= 2000 else "BELOW TARGET"
+            label = "per core" if workers == "default" else ("inline" if workers == "0" else f"{workers} procs")
+            print(f"{backend:<12}{label:>12}{rate:>14,.0f}{floor:>14,.0f}{rate / floor:>8.2f}  {verdict}",
+                  flush=True)
+
+
+def run_server_and_ingest(backend: str, bodies: list[bytes], entries: int, extra: tuple[str, ...]) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        if backend == "sqlite":
+            server = start_live_server(f"sqlite:///{Path(tmp) / 'bench.sqlite3'}", Path(tmp) / "server.log", *extra)
+            try:
+                return ingest_rate(server.base_url, bodies, entries)
+            finally:
+                stop_live_server(server)
+        with PostgresServer() as pg:
+            server = start_live_server(pg.create_database("bench"), Path(tmp) / "server.log", *extra)
+            try:
+                return ingest_rate(server.base_url, bodies, entries)
+            finally:
+                stop_live_server(server)
+
+
+if __name__ == "__main__":
+    main()
