@@ -21,10 +21,14 @@ def _serve(args: argparse.Namespace) -> int:
     if args.database_url:
         overrides["database_url"] = args.database_url
     settings = Settings(**overrides)  # type: ignore[arg-type]
-    print(f"TrialBridge FHIR R4 server on http://{args.host}:{args.port}/fhir "
-          f"(database: {settings.database_url.split('@')[-1]})", file=sys.stderr)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
-                access_log=args.access_log)
+    print(
+        f"TrialBridge FHIR R4 server on http://{args.host}:{args.port}/fhir "
+        f"(database: {settings.database_url.split('@')[-1]})",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        create_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log
+    )
     return 0
 
 
@@ -34,11 +38,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the FHIR server")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),
-                       help="sqlite:///path or postgresql://user@host/db (default: sqlite under var/)")
+    serve.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL"),
+        help="sqlite:///path or postgresql://user@host/db (default: sqlite under var/)",
+    )
     serve.add_argument("--demo", action="store_true", help="load the demo fixtures at start-up (idempotent)")
-    serve.add_argument("--validation-workers", type=int, default=None,
-                       help="processes validating large bundles (default: one per core; 0: inline)")
+    serve.add_argument(
+        "--validation-workers",
+        type=int,
+        default=None,
+        help="processes validating large bundles (default: one per core; 0: inline)",
+    )
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--no-access-log", dest="access_log", action="store_false")
     serve.set_defaults(handler=_serve)

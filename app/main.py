@@ -24,8 +24,13 @@ from app.store.repository import Store
 
 log = logging.getLogger("trialbridge")
 
-_HTTP_ISSUE_CODES = {404: "not-found", 405: "not-supported", 406: "not-supported", 413: "too-costly",
-                     415: "not-supported"}
+_HTTP_ISSUE_CODES = {
+    404: "not-found",
+    405: "not-supported",
+    406: "not-supported",
+    413: "too-costly",
+    415: "not-supported",
+}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -40,11 +45,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         validator = ValidatorPool(workers)
         app.state.settings = settings
         app.state.store = store
-        app.state.fhir_service = FhirService(store, Limits(
-            max_bundle_entries=settings.max_bundle_entries,
-            default_page_size=settings.default_page_size,
-            max_page_size=settings.max_page_size,
-        ), validator)
+        app.state.fhir_service = FhirService(
+            store,
+            Limits(
+                max_bundle_entries=settings.max_bundle_entries,
+                default_page_size=settings.default_page_size,
+                max_page_size=settings.max_page_size,
+            ),
+            validator,
+        )
         if settings.load_demo:
             from app.demo import load_demo
 
@@ -55,8 +64,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             validator.close()
             engine.dispose()
 
-    app = FastAPI(title="TrialBridge", version=__version__, lifespan=lifespan,
-                  description="FHIR R4 interoperability for immune-therapy clinical trials.")
+    app = FastAPI(
+        title="TrialBridge",
+        version=__version__,
+        lifespan=lifespan,
+        description="FHIR R4 interoperability for immune-therapy clinical trials.",
+    )
     app.include_router(fhir.router)
     _install_error_handlers(app)
     return app
@@ -69,8 +82,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _request_invalid(_request: Request, exc: RequestValidationError) -> Response:
-        issues = [Issue("invalid", f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}")
-                  for e in exc.errors()]
+        issues = [
+            Issue("invalid", f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}") for e in exc.errors()
+        ]
         return fhir_response(operation_outcome(issues), 400)
 
     @app.exception_handler(StarletteHTTPException)
@@ -81,14 +95,24 @@ def _install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path}."
         code = _HTTP_ISSUE_CODES.get(exc.status_code, "processing")
-        return fhir_response(operation_outcome([Issue(code, detail)]), exc.status_code,
-                             dict(exc.headers) if exc.headers else None)
+        return fhir_response(
+            operation_outcome([Issue(code, detail)]), exc.status_code, dict(exc.headers) if exc.headers else None
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> Response:
         # Never leak internals: log with an id the operator can grep for, return only the id.
         incident = uuid.uuid4().hex[:12]
         log.exception("unhandled error, incident %s", incident, exc_info=exc)
-        return fhir_response(operation_outcome([Issue("exception", f"Internal server error (incident {incident}). "
-                                                      "The error was logged; quote the incident id when reporting.")]),
-                             500)
+        return fhir_response(
+            operation_outcome(
+                [
+                    Issue(
+                        "exception",
+                        f"Internal server error (incident {incident}). "
+                        "The error was logged; quote the incident id when reporting.",
+                    )
+                ]
+            ),
+            500,
+        )

@@ -37,8 +37,11 @@ LOINC_LABS = [
     ("24467-3", "CD3+CD4+ (T4 helper) cells [#/volume] in Blood", "/uL", 300, 1500),
     ("8310-5", "Body temperature", "Cel", 36.0, 39.5),
 ]
-CONDITIONS = [("191627008", "Bipolar affective disorder, current episode depression"),
-              ("86044005", "Amyotrophic lateral sclerosis"), ("55464009", "Systemic lupus erythematosus")]
+CONDITIONS = [
+    ("191627008", "Bipolar affective disorder, current episode depression"),
+    ("86044005", "Amyotrophic lateral sclerosis"),
+    ("55464009", "Systemic lupus erythematosus"),
+]
 
 
 def make_bundle(rng: random.Random, entries: int, run: str) -> dict[str, Any]:
@@ -49,35 +52,70 @@ def make_bundle(rng: random.Random, entries: int, run: str) -> dict[str, Any]:
     for p in range(patients):
         url = f"urn:uuid:{uuid.uuid4()}"
         patient_urls.append(url)
-        out.append({"fullUrl": url, "request": {"method": "POST", "url": "Patient"}, "resource": {
-            "resourceType": "Patient",
-            "identifier": [{"system": "https://hospital.example/mrn", "value": f"{run}-{p}"}],
-            "name": [{"family": rng.choice(["Martin", "Bernard", "Dubois", "Durand"]), "given": ["Alex"]}],
-            "gender": rng.choice(["female", "male"]), "birthDate": f"{rng.randint(1950, 2005)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}",
-        }})
+        out.append(
+            {
+                "fullUrl": url,
+                "request": {"method": "POST", "url": "Patient"},
+                "resource": {
+                    "resourceType": "Patient",
+                    "identifier": [{"system": "https://hospital.example/mrn", "value": f"{run}-{p}"}],
+                    "name": [{"family": rng.choice(["Martin", "Bernard", "Dubois", "Durand"]), "given": ["Alex"]}],
+                    "gender": rng.choice(["female", "male"]),
+                    "birthDate": f"{rng.randint(1950, 2005)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}",
+                },
+            }
+        )
     for c in range(patients):
         code, display = rng.choice(CONDITIONS)
-        out.append({"request": {"method": "POST", "url": "Condition"}, "resource": {
-            "resourceType": "Condition",
-            "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                                           "code": "active"}]},
-            "code": {"coding": [{"system": "http://snomed.info/sct", "code": code, "display": display}]},
-            "subject": {"reference": patient_urls[c]}, "onsetDateTime": "2024-05-01",
-        }})
+        out.append(
+            {
+                "request": {"method": "POST", "url": "Condition"},
+                "resource": {
+                    "resourceType": "Condition",
+                    "clinicalStatus": {
+                        "coding": [
+                            {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}
+                        ]
+                    },
+                    "code": {"coding": [{"system": "http://snomed.info/sct", "code": code, "display": display}]},
+                    "subject": {"reference": patient_urls[c]},
+                    "onsetDateTime": "2024-05-01",
+                },
+            }
+        )
     while len(out) < entries:
         code, display, unit, low, high = rng.choice(LOINC_LABS)
-        out.append({"request": {"method": "POST", "url": "Observation"}, "resource": {
-            "resourceType": "Observation", "status": "final",
-            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                      "code": "laboratory"}]}],
-            "code": {"coding": [{"system": "http://loinc.org", "code": code, "display": display}]},
-            "subject": {"reference": rng.choice(patient_urls)},
-            "effectiveDateTime": f"2026-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}T08:{rng.randint(10, 59)}:00Z",
-            "valueQuantity": {"value": round(rng.uniform(low, high), 2), "unit": unit,
-                              "system": "http://unitsofmeasure.org", "code": unit},
-            "referenceRange": [{"low": {"value": low, "unit": unit, "system": "http://unitsofmeasure.org",
-                                        "code": unit}}],
-        }})
+        out.append(
+            {
+                "request": {"method": "POST", "url": "Observation"},
+                "resource": {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "category": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                    "code": "laboratory",
+                                }
+                            ]
+                        }
+                    ],
+                    "code": {"coding": [{"system": "http://loinc.org", "code": code, "display": display}]},
+                    "subject": {"reference": rng.choice(patient_urls)},
+                    "effectiveDateTime": f"2026-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}T08:{rng.randint(10, 59)}:00Z",
+                    "valueQuantity": {
+                        "value": round(rng.uniform(low, high), 2),
+                        "unit": unit,
+                        "system": "http://unitsofmeasure.org",
+                        "code": unit,
+                    },
+                    "referenceRange": [
+                        {"low": {"value": low, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}
+                    ],
+                },
+            }
+        )
     return {"resourceType": "Bundle", "type": "transaction", "entry": out}
 
 
@@ -113,29 +151,38 @@ def main() -> None:
     parser.add_argument("--bundles", type=int, default=12)
     parser.add_argument("--entries", type=int, default=1000)
     parser.add_argument("--backends", default="sqlite,postgresql")
-    parser.add_argument("--validation-workers", default="default,0",
-                        help="server settings to compare: 'default' (one per core) and/or a number (0: inline)")
+    parser.add_argument(
+        "--validation-workers",
+        default="default,0",
+        help="server settings to compare: 'default' (one per core) and/or a number (0: inline)",
+    )
     args = parser.parse_args()
 
     rng = random.Random(2026)
-    print(f"# ingest benchmark — {time.strftime('%Y-%m-%d')} — {platform.node()} "
-          f"({platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
-          f"{platform.python_version()})")
-    print(f"{args.bundles} transaction bundles × {args.entries} entries (10 % Patient, 10 % Condition, "
-          "80 % Observation); medians per bundle")
-    print(f"{'database':<12}{'validation':>12}{'ingest res/s':>14}{'floor res/s':>14}{'ratio':>8}"
-          "  targets: ratio >= 0.60, >= 2000 res/s")
+    print(
+        f"# ingest benchmark — {time.strftime('%Y-%m-%d')} — {platform.node()} "
+        f"({platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
+        f"{platform.python_version()})"
+    )
+    print(
+        f"{args.bundles} transaction bundles x {args.entries} entries (10 % Patient, 10 % Condition, "
+        "80 % Observation); medians per bundle"
+    )
+    print(
+        f"{'database':<12}{'validation':>12}{'ingest res/s':>14}{'floor res/s':>14}{'ratio':>8}"
+        "  targets: ratio >= 0.60, >= 2000 res/s"
+    )
     for backend in args.backends.split(","):
         for workers in args.validation_workers.split(","):
-            bodies = [orjson.dumps(make_bundle(rng, args.entries, f"{backend}{workers}{i}"))
-                      for i in range(args.bundles)]
+            bodies = [
+                orjson.dumps(make_bundle(rng, args.entries, f"{backend}{workers}{i}")) for i in range(args.bundles)
+            ]
             floor = floor_rate(bodies)
             extra = () if workers == "default" else ("--validation-workers", workers)
             rate = run_server_and_ingest(backend, bodies, args.entries, extra)
             verdict = "ok" if rate / floor >= 0.6 and rate >= 2000 else "BELOW TARGET"
             label = "per core" if workers == "default" else ("inline" if workers == "0" else f"{workers} procs")
-            print(f"{backend:<12}{label:>12}{rate:>14,.0f}{floor:>14,.0f}{rate / floor:>8.2f}  {verdict}",
-                  flush=True)
+            print(f"{backend:<12}{label:>12}{rate:>14,.0f}{floor:>14,.0f}{rate / floor:>8.2f}  {verdict}", flush=True)
 
 
 def run_server_and_ingest(backend: str, bodies: list[bytes], entries: int, extra: tuple[str, ...]) -> float:

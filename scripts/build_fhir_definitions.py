@@ -233,18 +233,12 @@ def load_sources(medplum_dir: Path | None, official_dir: Path | None, use_offici
 
 def _differs(a: dict[str, Any], b: dict[str, Any]) -> bool:
     if a["resourceType"] == "SearchParameter":
-        return any(
-            a.get(f) != b.get(f) for f in ("code", "base", "type", "expression", "target", "component")
-        )
+        return any(a.get(f) != b.get(f) for f in ("code", "base", "type", "expression", "target", "component"))
     ea = {e["id"]: e for e in a["snapshot"]["element"]}
     eb = {e["id"]: e for e in b["snapshot"]["element"]}
     if ea.keys() != eb.keys():
         return True
-    return any(
-        ea[k].get(f) != eb[k].get(f)
-        for k in ea
-        for f in ("type", "binding", "contentReference", "min", "max")
-    )
+    return any(ea[k].get(f) != eb[k].get(f) for k in ea for f in ("type", "binding", "contentReference", "min", "max"))
 
 
 # ---------------------------------------------------------------------------------------------- elements
@@ -386,16 +380,13 @@ def build_elements(sources: Sources) -> ElementModel:
     sds = [
         sd
         for sd in sources.structure_definitions
-        if sd["kind"] in ("resource", "complex-type", "primitive-type")
-        and sd.get("derivation") != "constraint"
+        if sd["kind"] in ("resource", "complex-type", "primitive-type") and sd.get("derivation") != "constraint"
     ]
     by_url = {sd["url"]: sd for sd in sources.structure_definitions}
     resource_types = sorted(sd["type"] for sd in sds if sd["kind"] == "resource" and not sd.get("abstract"))
     known_resources = {sd["type"] for sd in sds if sd["kind"] == "resource"}
     primitive_types = sorted(sd["type"] for sd in sds if sd["kind"] == "primitive-type")
-    supertypes = {
-        sd["type"]: sd["baseDefinition"].removeprefix(SD_PREFIX) for sd in sds if "baseDefinition" in sd
-    }
+    supertypes = {sd["type"]: sd["baseDefinition"].removeprefix(SD_PREFIX) for sd in sds if "baseDefinition" in sd}
     terminology = Terminology(sources.value_sets, sources.code_systems)
     types: dict[str, dict[str, Any]] = {}
     value_sets: dict[str, dict[str, list[str]]] = {}
@@ -730,12 +721,7 @@ class Compiler:
         raise Unsupported(f"function {name}()")
 
     def where(self, states: list[PathState], cond: Node) -> list[PathState]:
-        if (
-            cond[0] == "type"
-            and cond[1] == "is"
-            and cond[2][:3] == ("call", None, "resolve")
-            and not cond[2][3]
-        ):
+        if cond[0] == "type" and cond[1] == "is" and cond[2][:3] == ("call", None, "resolve") and not cond[2][3]:
             target = cond[3]
             if target not in self.model.resource_types:
                 raise Unsupported(f"resolve() is {target}: not a resource type")
@@ -830,9 +816,7 @@ def build_search(sources: Sources, model: ElementModel) -> tuple[dict[str, dict[
                         if not found:
                             raise Unsupported(f"component {comp['expression']!r} selects nothing")
                         rel = _dedupe(s.to_json(model) for s in found)
-                        entry["components"].append(
-                            {"code": code, "expression": comp["expression"], "paths": rel}
-                        )
+                        entry["components"].append({"code": code, "expression": comp["expression"], "paths": rel})
             except Unsupported as exc:
                 entry["unsupported"] = str(exc)
                 entry.pop("paths", None)
@@ -877,9 +861,7 @@ def build_compartment(sources: Sources) -> dict[str, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("medplum", nargs="?", type=Path, help=f"unpacked {MEDPLUM_PACKAGE} package")
-    parser.add_argument(
-        "--official", type=Path, help=f"unpacked {OFFICIAL_PACKAGE}@{OFFICIAL_VERSION} package"
-    )
+    parser.add_argument("--official", type=Path, help=f"unpacked {OFFICIAL_PACKAGE}@{OFFICIAL_VERSION} package")
     parser.add_argument("--no-official", action="store_true", help="keep Medplum's deviations from 4.0.1")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv)

@@ -34,40 +34,78 @@ LABS = [  # (code system, code, display, unit, low, high)
 
 
 def entry(resource: dict) -> dict:
-    return {"fullUrl": f"http://127.0.0.1:8000/fhir/{resource['resourceType']}/{resource['id']}",
-            "resource": resource,
-            "request": {"method": "PUT", "url": f"{resource['resourceType']}/{resource['id']}"}}
+    return {
+        "fullUrl": f"http://127.0.0.1:8000/fhir/{resource['resourceType']}/{resource['id']}",
+        "resource": resource,
+        "request": {"method": "PUT", "url": f"{resource['resourceType']}/{resource['id']}"},
+    }
 
 
 def build() -> dict:
     rng = random.Random(20261122)
     entries = []
     for pid, family, given, gender, birth in PATIENTS:
-        entries.append(entry({
-            "resourceType": "Patient", "id": pid,
-            "identifier": [{"system": SITE, "value": pid.upper().replace("DEMO-P", "MRN-00")}],
-            "name": [{"family": family, "given": [given]}], "gender": gender, "birthDate": birth,
-        }))
-        entries.append(entry({
-            "resourceType": "Condition", "id": f"{pid}-bd",
-            "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                                           "code": "active"}]},
-            "code": {"coding": [{"system": SNOMED, "code": "191627008",
-                                 "display": "Bipolar affective disorder, current episode depression"}]},
-            "subject": {"reference": f"Patient/{pid}"}, "onsetDateTime": "2023-05-01",
-        }))
+        entries.append(
+            entry(
+                {
+                    "resourceType": "Patient",
+                    "id": pid,
+                    "identifier": [{"system": SITE, "value": pid.upper().replace("DEMO-P", "MRN-00")}],
+                    "name": [{"family": family, "given": [given]}],
+                    "gender": gender,
+                    "birthDate": birth,
+                }
+            )
+        )
+        entries.append(
+            entry(
+                {
+                    "resourceType": "Condition",
+                    "id": f"{pid}-bd",
+                    "clinicalStatus": {
+                        "coding": [
+                            {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}
+                        ]
+                    },
+                    "code": {
+                        "coding": [
+                            {
+                                "system": SNOMED,
+                                "code": "191627008",
+                                "display": "Bipolar affective disorder, current episode depression",
+                            }
+                        ]
+                    },
+                    "subject": {"reference": f"Patient/{pid}"},
+                    "onsetDateTime": "2023-05-01",
+                }
+            )
+        )
         for index, (system, code, display, unit, low, high) in enumerate(LABS):
             value = round(rng.uniform(low, high), 1)
-            entries.append(entry({
-                "resourceType": "Observation", "id": f"{pid}-lab{index}",
-                "status": "final",
-                "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                          "code": "laboratory"}]}],
-                "code": {"coding": [{"system": system, "code": code, "display": display}]},
-                "subject": {"reference": f"Patient/{pid}"},
-                "effectiveDateTime": f"2026-10-{10 + index:02d}T08:30:00Z",
-                "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit},
-            }))
+            entries.append(
+                entry(
+                    {
+                        "resourceType": "Observation",
+                        "id": f"{pid}-lab{index}",
+                        "status": "final",
+                        "category": [
+                            {
+                                "coding": [
+                                    {
+                                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                        "code": "laboratory",
+                                    }
+                                ]
+                            }
+                        ],
+                        "code": {"coding": [{"system": system, "code": code, "display": display}]},
+                        "subject": {"reference": f"Patient/{pid}"},
+                        "effectiveDateTime": f"2026-10-{10 + index:02d}T08:30:00Z",
+                        "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit},
+                    }
+                )
+            )
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 

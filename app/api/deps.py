@@ -35,8 +35,16 @@ async def fhir_body(request: Request) -> bytes:
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type and media_type not in _JSON_TYPES:
-        raise FhirError(415, [Issue("not-supported", f"Content-Type {media_type!r} is not accepted: send FHIR JSON "
-                                    "as application/fhir+json.", ("Content-Type",))])
+        raise FhirError(
+            415,
+            [
+                Issue(
+                    "not-supported",
+                    f"Content-Type {media_type!r} is not accepted: send FHIR JSON as application/fhir+json.",
+                    ("Content-Type",),
+                )
+            ],
+        )
     limit: int = request.app.state.settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -52,8 +60,16 @@ async def fhir_body(request: Request) -> bytes:
 
 
 def _too_large(size: int, limit: int) -> FhirError:
-    return FhirError(413, [Issue("too-costly", f"The request body is {size} bytes or more; this server accepts at "
-                                 f"most {limit} bytes. Split the bundle into smaller ones.")])
+    return FhirError(
+        413,
+        [
+            Issue(
+                "too-costly",
+                f"The request body is {size} bytes or more; this server accepts at "
+                f"most {limit} bytes. Split the bundle into smaller ones.",
+            )
+        ],
+    )
 
 
 def prefer(request: Request, key: str) -> str | None:

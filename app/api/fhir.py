@@ -49,8 +49,16 @@ async def type_history(resource_type: str, request: Request, service: ServiceDep
 async def search_post(resource_type: str, request: Request, service: ServiceDep, base: BaseDep) -> Response:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/x-www-form-urlencoded":
-        raise FhirError(415, [Issue("not-supported", "POST _search takes its parameters form-encoded "
-                                    "(application/x-www-form-urlencoded).", ("Content-Type",))])
+        raise FhirError(
+            415,
+            [
+                Issue(
+                    "not-supported",
+                    "POST _search takes its parameters form-encoded (application/x-www-form-urlencoded).",
+                    ("Content-Type",),
+                )
+            ],
+        )
     form = parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
     lenient = prefer(request, "handling") == "lenient"
     result = await run_in_threadpool(service.search, resource_type, _params(request) + form, base, lenient=lenient)
@@ -60,15 +68,21 @@ async def search_post(resource_type: str, request: Request, service: ServiceDep,
 @router.get("/{resource_type}")
 async def search(resource_type: str, request: Request, service: ServiceDep, base: BaseDep) -> Response:
     lenient = prefer(request, "handling") == "lenient"
-    return reply(request, await run_in_threadpool(service.search, resource_type, _params(request), base,
-                                                  lenient=lenient))
+    return reply(
+        request, await run_in_threadpool(service.search, resource_type, _params(request), base, lenient=lenient)
+    )
 
 
 @router.post("/{resource_type}")
 async def create(resource_type: str, request: Request, service: ServiceDep, base: BaseDep, body: BodyDep) -> Response:
-    result = await run_in_threadpool(service.create, resource_type, body, base,
-                                     if_none_exist=request.headers.get("if-none-exist"),
-                                     prefer=prefer(request, "return"))
+    result = await run_in_threadpool(
+        service.create,
+        resource_type,
+        body,
+        base,
+        if_none_exist=request.headers.get("if-none-exist"),
+        prefer=prefer(request, "return"),
+    )
     return reply(request, result)
 
 
@@ -76,8 +90,15 @@ async def create(resource_type: str, request: Request, service: ServiceDep, base
 async def conditional_update(
     resource_type: str, request: Request, service: ServiceDep, base: BaseDep, body: BodyDep
 ) -> Response:
-    result = await run_in_threadpool(service.conditional_update, resource_type, request.url.query, body, base,
-                                     if_match=request.headers.get("if-match"), prefer=prefer(request, "return"))
+    result = await run_in_threadpool(
+        service.conditional_update,
+        resource_type,
+        request.url.query,
+        body,
+        base,
+        if_match=request.headers.get("if-match"),
+        prefer=prefer(request, "return"),
+    )
     return reply(request, result)
 
 
@@ -96,15 +117,23 @@ async def read(resource_type: str, res_id: str, request: Request, service: Servi
 async def update(
     resource_type: str, res_id: str, request: Request, service: ServiceDep, base: BaseDep, body: BodyDep
 ) -> Response:
-    result = await run_in_threadpool(service.update, resource_type, res_id, body, base,
-                                     if_match=request.headers.get("if-match"), prefer=prefer(request, "return"))
+    result = await run_in_threadpool(
+        service.update,
+        resource_type,
+        res_id,
+        body,
+        base,
+        if_match=request.headers.get("if-match"),
+        prefer=prefer(request, "return"),
+    )
     return reply(request, result)
 
 
 @router.delete("/{resource_type}/{res_id}")
 async def delete(resource_type: str, res_id: str, request: Request, service: ServiceDep, base: BaseDep) -> Response:
-    result = await run_in_threadpool(service.delete, resource_type, res_id, base,
-                                     if_match=request.headers.get("if-match"))
+    result = await run_in_threadpool(
+        service.delete, resource_type, res_id, base, if_match=request.headers.get("if-match")
+    )
     return reply(request, result)
 
 

@@ -20,8 +20,16 @@ def negotiate(request: Request) -> None:
     """Refuse (406) a client that wants only what we do not produce (XML, Turtle, other FHIR versions)."""
     requested = request.query_params.get("_format")
     if requested is not None and requested.split(";")[0].strip() not in _FORMATS:
-        raise FhirError(406, [Issue("not-supported", f"_format={requested} is not available: this server speaks "
-                                    "FHIR JSON only (_format=json).", ("_format",))])
+        raise FhirError(
+            406,
+            [
+                Issue(
+                    "not-supported",
+                    f"_format={requested} is not available: this server speaks FHIR JSON only (_format=json).",
+                    ("_format",),
+                )
+            ],
+        )
     accept = request.headers.get("accept", "")
     if requested is not None or not accept:
         return
@@ -32,12 +40,22 @@ def negotiate(request: Request) -> None:
         version = next((p.split("=", 1)[1] for p in params if p.lower().startswith("fhirversion=")), None)
         if version is None or version.startswith("4.0"):
             return
-    raise FhirError(406, [Issue("not-supported", f"Accept {accept!r} asks for a format or FHIR version this server "
-                                "does not produce; it serves FHIR R4 (4.0) as application/fhir+json.", ("Accept",))])
+    raise FhirError(
+        406,
+        [
+            Issue(
+                "not-supported",
+                f"Accept {accept!r} asks for a format or FHIR version this server "
+                "does not produce; it serves FHIR R4 (4.0) as application/fhir+json.",
+                ("Accept",),
+            )
+        ],
+    )
 
 
-def fhir_response(body: dict[str, Any] | None, status: int = 200, headers: dict[str, str] | None = None,
-                  pretty: bool = False) -> Response:
+def fhir_response(
+    body: dict[str, Any] | None, status: int = 200, headers: dict[str, str] | None = None, pretty: bool = False
+) -> Response:
     if body is None:
         return Response(status_code=status, headers=headers)
     content = orjson.dumps(body, option=orjson.OPT_INDENT_2 if pretty else 0)

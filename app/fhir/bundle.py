@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from app.fhir import conformance, interactions
+from app.fhir import interactions
 from app.fhir.definitions import resource_types
 from app.fhir.errors import FhirError, Issue, bad_request, operation_outcome, precondition_failed
 from app.fhir.interactions import InteractionResult
 from app.fhir.references import rewrite_references
 from app.fhir.searchset import SearchContext, search_bundle
-from app.fhir.validation import check_id, validation_issues
+from app.fhir.validation import check_id, semantic_issues, validation_issues
 from app.fhir.validator_pool import INLINE, ValidatorPool
 from app.store.repository import Store, WriteTransaction, fhir_instant, new_id, parse_etag
 from app.store.search import parse_search
@@ -74,8 +74,17 @@ def process(store: Store, bundle: Any, options: BundleOptions) -> dict[str, Any]
     if not isinstance(raw_entries, list):
         raise bad_request("Bundle.entry must be an array.", "Bundle.entry", "structure")
     if len(raw_entries) > options.max_entries:
-        raise FhirError(413, [Issue("too-costly", f"The bundle has {len(raw_entries)} entries; this server takes "
-                                    f"at most {options.max_entries} per bundle. Split it.", ("Bundle.entry",))])
+        raise FhirError(
+            413,
+            [
+                Issue(
+                    "too-costly",
+                    f"The bundle has {len(raw_entries)} entries; this server takes "
+                    f"at most {options.max_entries} per bundle. Split it.",
+                    ("Bundle.entry",),
+                )
+            ],
+        )
     if kind == "batch":
         return _batch(store, raw_entries, options)
     return _transaction(store, raw_entries, options)
@@ -90,15 +99,30 @@ def _parse_entry(index: int, raw: Any, options: BundleOptions) -> _Entry:
         raise bad_request("Each bundle entry must be a JSON object.", where, "structure")
     request = raw.get("request")
     if not isinstance(request, dict):
-        raise bad_request("The entry has no request: transaction and batch entries say what to do with "
-                          "request.method and request.url.", f"{where}.request", "required")
+        raise bad_request(
+            "The entry has no request: transaction and batch entries say what to do with "
+            "request.method and request.url.",
+            f"{where}.request",
+            "required",
+        )
     method = request.get("method")
     if method not in _ORDER:
-        raise bad_request(f"request.method {method!r} is not one of GET, HEAD, POST, PUT, PATCH, DELETE.",
-                          f"{where}.request.method", "value")
+        raise bad_request(
+            f"request.method {method!r} is not one of GET, HEAD, POST, PUT, PATCH, DELETE.",
+            f"{where}.request.method",
+            "value",
+        )
     if method == "PATCH":
-        raise FhirError(405, [Issue("not-supported", "PATCH is not supported yet; send the whole resource with PUT.",
-                                    (f"{where}.request.method",))])
+        raise FhirError(
+            405,
+            [
+                Issue(
+                    "not-supported",
+                    "PATCH is not supported yet; send the whole resource with PUT.",
+                    (f"{where}.request.method",),
+                )
+            ],
+        )
     url = request.get("url")
     if not isinstance(url, str) or not url:
         raise bad_request("The entry has no request.url.", f"{where}.request.url", "required")
@@ -106,8 +130,9 @@ def _parse_entry(index: int, raw: Any, options: BundleOptions) -> _Entry:
     segments = [s for s in path.split("/") if s]
     resource_type = segments[0] if segments else None
     if resource_type is not None and resource_type not in resource_types():
-        raise bad_request(f"request.url {url!r} does not start with a FHIR R4 resource type.",
-                          f"{where}.request.url", "not-supported")
+        raise bad_request(
+            f"request.url {url!r} does not start with a FHIR R4 resource type.", f"{where}.request.url", "not-supported"
+        )
     res_id = segments[1] if len(segments) >= 2 and segments[1] != "_search" else None
     if res_id is not None:
         check_id(res_id, f"{where}.request.url")
@@ -124,27 +149,41 @@ def _parse_entry(index: int, raw: Any, options: BundleOptions) -> _Entry:
         if resource.get("resourceType") != resource_type:
             raise bad_request(
                 f"The entry's resource is a {resource.get('resourceType')!r} but request.url {url!r} is for "
-                f"{resource_type}.", f"{where}.resource.resourceType",
+                f"{resource_type}.",
+                f"{where}.resource.resourceType",
             )
         if method == "POST" and (res_id is not None or query):
-            raise bad_request("A POST entry's request.url is the bare resource type (e.g. 'Patient').",
-                              f"{where}.request.url")
+            raise bad_request(
+                "A POST entry's request.url is the bare resource type (e.g. 'Patient').", f"{where}.request.url"
+            )
         if method == "PUT" and res_id is None and not query:
-            raise bad_request("A PUT entry's request.url is Type/id or a conditional Type?search.",
-                              f"{where}.request.url")
+            raise bad_request(
+                "A PUT entry's request.url is Type/id or a conditional Type?search.", f"{where}.request.url"
+            )
     elif method == "DELETE" and res_id is None and not query:
-        raise bad_request("A DELETE entry's request.url is Type/id or a conditional Type?search.",
-                          f"{where}.request.url")
+        raise bad_request(
+            "A DELETE entry's request.url is Type/id or a conditional Type?search.", f"{where}.request.url"
+        )
 
     if_match = None
     if request.get("ifMatch") is not None:
         if_match = parse_etag(str(request["ifMatch"]))
         if if_match is None:
-            raise bad_request(f"ifMatch {request['ifMatch']!r} is not an ETag like W/\"3\".", f"{where}.request.ifMatch")
+            raise bad_request(f'ifMatch {request["ifMatch"]!r} is not an ETag like W/"3".', f"{where}.request.ifMatch")
     full_url = raw.get("fullUrl") if isinstance(raw.get("fullUrl"), str) else None
-    return _Entry(index, method, url, resource_type, res_id, query or None, version,
-                  resource if isinstance(resource, dict) else None, full_url,
-                  request.get("ifNoneExist") or None, if_match)
+    return _Entry(
+        index,
+        method,
+        url,
+        resource_type,
+        res_id,
+        query or None,
+        version,
+        resource if isinstance(resource, dict) else None,
+        full_url,
+        request.get("ifNoneExist") or None,
+        if_match,
+    )
 
 
 def _relative(url: str, base_url: str) -> tuple[str, str]:
@@ -152,7 +191,7 @@ def _relative(url: str, base_url: str) -> tuple[str, str]:
     if "://" in url:
         parts = urlsplit(url)
         base_path = urlsplit(base_url).path.rstrip("/")
-        path = parts.path[len(base_path):] if parts.path.startswith(base_path) else parts.path
+        path = parts.path[len(base_path) :] if parts.path.startswith(base_path) else parts.path
         return path.strip("/"), parts.query
     path, _, query = url.partition("?")
     return path.strip("/"), query
@@ -190,8 +229,11 @@ def _transaction(store: Store, raw_entries: list[Any], options: BundleOptions) -
             raise FhirError(_rejection_status(resolver.issues), (resolver.issues + issues)[:MAX_REPORTED_ISSUES])
         if failure is not None:
             raise failure
-    return {"resourceType": "Bundle", "type": "transaction-response",
-            "entry": [results[i] for i in range(len(entries))]}
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction-response",
+        "entry": [results[i] for i in range(len(entries))],
+    }
 
 
 def _validation_issues(writing: list[_Entry], model_issues: list[list[Issue]]) -> list[Issue]:
@@ -199,7 +241,7 @@ def _validation_issues(writing: list[_Entry], model_issues: list[list[Issue]]) -
     issues: list[Issue] = []
     for entry, found in zip(writing, model_issues, strict=True):
         assert entry.resource is not None
-        found = found or conformance.check_resource(entry.resource)
+        found = found or semantic_issues(entry.resource)
         issues.extend(i.under(f"{entry.where}.resource") for i in found)
         if len(issues) >= MAX_REPORTED_ISSUES:
             break
@@ -214,7 +256,8 @@ def _reject_duplicate_targets(entries: list[_Entry]) -> None:
             if key in seen:
                 raise bad_request(
                     f"Entries {seen[key]} and {entry.index} both write {key[0]}/{key[1]}; a transaction may touch "
-                    "a resource only once.", f"{entry.where}.request.url",
+                    "a resource only once.",
+                    f"{entry.where}.request.url",
                 )
             seen[key] = entry.index
 
@@ -240,7 +283,9 @@ def _resolve_identities(tx: WriteTransaction, entries: list[_Entry]) -> dict[str
                 if len(matches) > 1:
                     raise precondition_failed(
                         f"The condition {resource_type}?{condition} matches {len(matches)} resources; it must "
-                        "match at most one.", where, code="multiple-matches",
+                        "match at most one.",
+                        where,
+                        code="multiple-matches",
                     )
                 body_id = (entry.resource or {}).get("id") if entry.method == "PUT" else None
                 entry.target_id = matches[0] if matches else (body_id or new_id())
@@ -268,11 +313,17 @@ class _ReferenceResolver:
         if mapped is not None:
             return mapped
         if reference.startswith("urn:uuid:") or reference.startswith("urn:oid:"):
-            self.issues.append(Issue("not-found", f"The reference {reference!r} names no entry's fullUrl in this "
-                                     "bundle; add that entry or use Type/id.", (f"{location}.reference",)))
+            self.issues.append(
+                Issue(
+                    "not-found",
+                    f"The reference {reference!r} names no entry's fullUrl in this "
+                    "bundle; add that entry or use Type/id.",
+                    (f"{location}.reference",),
+                )
+            )
             return None
         if reference.startswith(self.base):
-            reference = reference[len(self.base):]
+            reference = reference[len(self.base) :]
         if "?" not in reference or reference.startswith("#"):
             return None
         if reference not in self.cache:
@@ -283,8 +334,11 @@ class _ReferenceResolver:
         resource_type, _, condition = reference.partition("?")
         where = f"{location}.reference"
         if resource_type not in resource_types():
-            self.issues.append(Issue("invalid", f"The conditional reference {reference!r} does not start with a "
-                                     "resource type.", (where,)))
+            self.issues.append(
+                Issue(
+                    "invalid", f"The conditional reference {reference!r} does not start with a resource type.", (where,)
+                )
+            )
             return None
         try:
             matches = interactions.match_condition(self.tx, resource_type, condition, where)
@@ -294,11 +348,22 @@ class _ReferenceResolver:
         if len(matches) == 1:
             return f"{resource_type}/{matches[0]}"
         if not matches:
-            self.issues.append(Issue("not-found", f"The conditional reference {reference!r} matches no resource; "
-                                     "it must match exactly one.", (where,)))
+            self.issues.append(
+                Issue(
+                    "not-found",
+                    f"The conditional reference {reference!r} matches no resource; it must match exactly one.",
+                    (where,),
+                )
+            )
         else:
-            self.issues.append(Issue("multiple-matches", f"The conditional reference {reference!r} matches "
-                                     f"{len(matches)} resources; it must match exactly one.", (where,)))
+            self.issues.append(
+                Issue(
+                    "multiple-matches",
+                    f"The conditional reference {reference!r} matches "
+                    f"{len(matches)} resources; it must match exactly one.",
+                    (where,),
+                )
+            )
         return None
 
 
@@ -335,28 +400,34 @@ def _execute(tx: WriteTransaction, entry: _Entry, options: BundleOptions) -> Int
         return InteractionResult(201, written.stored)
     if entry.res_id:
         return interactions.update(tx, resource_type, entry.target_id, entry.resource, if_match=entry.if_match)
-    result = tx.update(resource_type, entry.target_id, {**entry.resource, "id": entry.target_id},
-                       if_match=entry.if_match)
+    result = tx.update(
+        resource_type, entry.target_id, {**entry.resource, "id": entry.target_id}, if_match=entry.if_match
+    )
     return InteractionResult(201 if result.created else 200, result.stored)
 
 
 def _get(tx: WriteTransaction, entry: _Entry, options: BundleOptions) -> InteractionResult | dict[str, Any]:
     if entry.resource_type is None:
-        raise bad_request("GET entries read or search a resource type (e.g. Patient/1, Patient?name=x).",
-                          f"{entry.where}.request.url")
+        raise bad_request(
+            "GET entries read or search a resource type (e.g. Patient/1, Patient?name=x).", f"{entry.where}.request.url"
+        )
     if entry.res_id is not None:
         if entry.version is not None:
-            raise bad_request("vread inside a bundle is not supported; read the current version.",
-                              f"{entry.where}.request.url", "not-supported")
+            raise bad_request(
+                "vread inside a bundle is not supported; read the current version.",
+                f"{entry.where}.request.url",
+                "not-supported",
+            )
         return InteractionResult(200, tx.read(entry.resource_type, entry.res_id))
     pairs = parse_qsl(entry.query or "", keep_blank_values=True)
-    request = parse_search(entry.resource_type, pairs, default_count=options.default_count,
-                           max_count=options.max_count)
+    request = parse_search(entry.resource_type, pairs, default_count=options.default_count, max_count=options.max_count)
     page = tx.search(request)
     return search_bundle(SearchContext(options.base_url, entry.resource_type, pairs), request, page)
 
 
-def _response_entry(result: InteractionResult | dict[str, Any], entry: _Entry, options: BundleOptions) -> dict[str, Any]:
+def _response_entry(
+    result: InteractionResult | dict[str, Any], entry: _Entry, options: BundleOptions
+) -> dict[str, Any]:
     if isinstance(result, dict):  # a searchset from a GET entry
         return {"resource": result, "response": {"status": "200 OK"}}
     response: dict[str, Any] = {"status": result.status_line}
@@ -371,9 +442,10 @@ def _response_entry(result: InteractionResult | dict[str, Any], entry: _Entry, o
         if stored.content is not None and (options.prefer_return == "representation" or entry.method == "GET"):
             out["resource"] = stored.content
     if result.issues or options.prefer_return == "OperationOutcome":
-        response["outcome"] = operation_outcome(result.issues or [
-            Issue("informational", f"{entry.method} {entry.url}: {result.status_line}", (), "information")
-        ])
+        response["outcome"] = operation_outcome(
+            result.issues
+            or [Issue("informational", f"{entry.method} {entry.url}: {result.status_line}", (), "information")]
+        )
     out["response"] = response
     return out
 
@@ -407,4 +479,3 @@ def _batch_entry(store: Store, index: int, raw: Any, options: BundleOptions) -> 
                 raise _at_entry(exc, entry) from None
     except FhirError as exc:
         return {"response": {"status": str(exc.status), "outcome": exc.outcome()}}
-

@@ -42,13 +42,17 @@ def _resources() -> list[dict[str, Any]]:
             "conditionalUpdate": True,
             "conditionalDelete": "single",
             "referencePolicy": ["literal", "logical", "resolves"],
-            "searchInclude": [f"{resource_type}:{c}" for c, p in sorted(indexed_parameters(resource_type).items())
-                              if p.type == "reference"],
+            "searchInclude": [
+                f"{resource_type}:{c}"
+                for c, p in sorted(indexed_parameters(resource_type).items())
+                if p.type == "reference"
+            ],
             "searchParam": params,
         }
         if resource_type == "Patient":
-            entry["operation"] = [{"name": "everything",
-                                   "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]
+            entry["operation"] = [
+                {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}
+            ]
         resources.append(entry)
     return resources
 
@@ -69,8 +73,9 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                 "mode": "server",
                 "resource": _resources(),
                 "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
-                "operation": [{"name": "everything",
-                               "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}],
+                "operation": [
+                    {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}
+                ],
             }
         ],
     }

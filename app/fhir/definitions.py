@@ -68,9 +68,7 @@ class SearchParameter:
     expression: str  # the FHIRPath expression, restricted to `base`
     paths: tuple[SearchPath, ...]  # () when unsupported
     targets: tuple[str, ...]  # reference target types
-    components: tuple[
-        tuple[str, str], ...
-    ]  # composite: (component parameter code or url, relative expression)
+    components: tuple[tuple[str, str], ...]  # composite: (component parameter code or url, relative expression)
     unsupported: str | None  # why the expression could not be compiled
     url: str = ""
     # composite: per component, its paths relative to the element a path of `paths` selects
@@ -197,10 +195,7 @@ def _parameter(base: str, raw: dict[str, Any]) -> SearchParameter:
 @cache
 def _parameters_by_base() -> dict[str, dict[str, SearchParameter]]:
     params: dict[str, dict[str, Any]] = _search()["parameters"]
-    return {
-        base: {code: _parameter(base, raw) for code, raw in by_code.items()}
-        for base, by_code in params.items()
-    }
+    return {base: {code: _parameter(base, raw) for code, raw in by_code.items()} for base, by_code in params.items()}
 
 
 @cache

@@ -65,11 +65,15 @@ def update(
 ) -> InteractionResult:
     body_id = resource.get("id")
     if body_id is None:
-        raise bad_request(f"The resource has no id: an update to {resource_type}/{res_id} must carry id {res_id!r}.",
-                          f"{resource_type}.id", "required")
+        raise bad_request(
+            f"The resource has no id: an update to {resource_type}/{res_id} must carry id {res_id!r}.",
+            f"{resource_type}.id",
+            "required",
+        )
     if body_id != res_id:
-        raise bad_request(f"The resource id {body_id!r} does not match the id {res_id!r} in the URL.",
-                          f"{resource_type}.id")
+        raise bad_request(
+            f"The resource id {body_id!r} does not match the id {res_id!r} in the URL.", f"{resource_type}.id"
+        )
     return _from_write(tx.update(resource_type, res_id, resource, if_match=if_match))
 
 
@@ -96,8 +100,11 @@ def conditional_update(
 def delete(tx: WriteTransaction, resource_type: str, res_id: str, *, if_match: int | None = None) -> InteractionResult:
     tombstone = tx.delete(resource_type, res_id, if_match=if_match)
     if tombstone is None:
-        return InteractionResult(204, None, [Issue("not-found", f"{resource_type}/{res_id} did not exist; nothing to "
-                                                   "delete.", (), "information")])
+        return InteractionResult(
+            204,
+            None,
+            [Issue("not-found", f"{resource_type}/{res_id} did not exist; nothing to delete.", (), "information")],
+        )
     return InteractionResult(204, tombstone)
 
 
@@ -106,8 +113,11 @@ def conditional_delete(tx: WriteTransaction, resource_type: str, condition: str)
     if len(matches) > 1:
         raise _multiple(resource_type, condition, len(matches), f"{resource_type}?{condition}")
     if not matches:
-        return InteractionResult(204, None, [Issue("not-found", f"No {resource_type} matches {condition!r}; nothing "
-                                                   "to delete.", (), "information")])
+        return InteractionResult(
+            204,
+            None,
+            [Issue("not-found", f"No {resource_type} matches {condition!r}; nothing to delete.", (), "information")],
+        )
     return delete(tx, resource_type, matches[0])
 
 

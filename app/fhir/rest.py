@@ -13,13 +13,13 @@ from typing import Any
 
 from app.fhir import bundle, interactions
 from app.fhir.capability import capability_statement
+from app.fhir.dates import date_range
 from app.fhir.definitions import resource_types
 from app.fhir.errors import FhirError, Issue, bad_request, not_found, not_supported, operation_outcome
 from app.fhir.interactions import InteractionResult
 from app.fhir.searchset import SearchContext, history_bundle, search_bundle
 from app.fhir.validation import check_id, parse_json, require_resource_type, validate_resource
 from app.fhir.validator_pool import INLINE, ValidatorPool
-from app.store.indexer import date_range
 from app.store.repository import SearchPage, Store, StoredResource, parse_etag
 from app.store.search import parse_search
 
@@ -50,7 +50,7 @@ def _if_match(value: str | None) -> int | None:
         return None
     version = parse_etag(value)
     if version is None:
-        raise bad_request(f"If-Match {value!r} is not an ETag like W/\"3\".", "If-Match")
+        raise bad_request(f'If-Match {value!r} is not an ETag like W/"3".', "If-Match")
     return version
 
 
@@ -91,8 +91,13 @@ class FhirService:
         self, resource_type: str, params: list[tuple[str, str]], base_url: str, *, lenient: bool = False
     ) -> FhirReply:
         _check_type(resource_type)
-        request = parse_search(resource_type, params, lenient=lenient, default_count=self.limits.default_page_size,
-                               max_count=self.limits.max_page_size)
+        request = parse_search(
+            resource_type,
+            params,
+            lenient=lenient,
+            default_count=self.limits.default_page_size,
+            max_count=self.limits.max_page_size,
+        )
         page = self.store.search(request, with_total=request.total != "none")
         return FhirReply(200, search_bundle(SearchContext(base_url, resource_type, params), request, page))
 
@@ -156,9 +161,21 @@ class FhirService:
             body = None if not result.issues else operation_outcome(result.issues)
             return FhirReply(200 if body is not None else result.status, body, headers)
         if prefer == "OperationOutcome":
-            return FhirReply(result.status, operation_outcome(result.issues or [
-                Issue("informational", f"{result.status_line}: {stored.location if stored else ''}", (), "information")
-            ]), headers)
+            return FhirReply(
+                result.status,
+                operation_outcome(
+                    result.issues
+                    or [
+                        Issue(
+                            "informational",
+                            f"{result.status_line}: {stored.location if stored else ''}",
+                            (),
+                            "information",
+                        )
+                    ]
+                ),
+                headers,
+            )
         return FhirReply(result.status, stored.content if stored else None, headers)
 
     def create(
@@ -185,8 +202,7 @@ class FhirService:
         _check_type(resource_type)
         resource = self._body(raw, resource_type)
         with self.store.transaction() as tx:
-            result = interactions.conditional_update(tx, resource_type, query, resource,
-                                                     if_match=_if_match(if_match))
+            result = interactions.conditional_update(tx, resource_type, query, resource, if_match=_if_match(if_match))
         return self._write_reply(result, base_url, prefer)
 
     def delete(self, resource_type: str, res_id: str, base_url: str, *, if_match: str | None) -> FhirReply:

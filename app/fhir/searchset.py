@@ -30,7 +30,9 @@ def _page_url(context: SearchContext, offset: int | None, count: int | None) -> 
     return f"{context.base_url.rstrip('/')}/{context.path}" + (f"?{query}" if query else "")
 
 
-def _links(context: SearchContext, offset: int, count: int | None, shown: int, total: int | None) -> list[dict[str, str]]:
+def _links(
+    context: SearchContext, offset: int, count: int | None, shown: int, total: int | None
+) -> list[dict[str, str]]:
     links = [{"relation": "self", "url": _page_url(context, offset, count)}]
     if count:
         more = (offset + shown < total) if total is not None else shown == count
@@ -50,8 +52,14 @@ def _subset(content: dict[str, Any], request: SearchRequest) -> dict[str, Any]:
     else:
         return content
     meta = dict(subset.get("meta") or {})
-    meta["tag"] = [*meta.get("tag", []), {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
-                                          "code": "SUBSETTED", "display": "subsetted"}]
+    meta["tag"] = [
+        *meta.get("tag", []),
+        {
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+            "code": "SUBSETTED",
+            "display": "subsetted",
+        },
+    ]
     subset["meta"] = meta
     return subset
 
@@ -88,14 +96,22 @@ def history_bundle(
         if stored.content is not None:
             entry["resource"] = stored.content
         method = stored.method
-        entry["request"] = {"method": method, "url": stored.resource_type if method == "POST"
-                            else f"{stored.resource_type}/{stored.id}"}
-        entry["response"] = {"status": "201 Created" if method == "POST" else "204 No Content" if
-                             method == "DELETE" else "200 OK", "etag": stored.etag,
-                             "lastModified": fhir_instant(stored.last_updated)}
+        entry["request"] = {
+            "method": method,
+            "url": stored.resource_type if method == "POST" else f"{stored.resource_type}/{stored.id}",
+        }
+        entry["response"] = {
+            "status": "201 Created" if method == "POST" else "204 No Content" if method == "DELETE" else "200 OK",
+            "etag": stored.etag,
+            "lastModified": fhir_instant(stored.last_updated),
+        }
         entries.append(entry)
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "total": total,
-                              "link": _links(context, offset, count, len(versions), total)}
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "type": "history",
+        "total": total,
+        "link": _links(context, offset, count, len(versions), total),
+    }
     if entries:
         bundle["entry"] = entries
     return bundle

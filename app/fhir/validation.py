@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from app.fhir import conformance
 from app.fhir.definitions import resource_types
 from app.fhir.errors import FhirError, Issue, bad_request, not_found, unprocessable
+from app.fhir.invariants import check_invariants
 from app.fhir.version import model_class
 
 # Pydantic error types whose own message says nothing useful to a FHIR client.
@@ -95,13 +96,16 @@ def validate_resource(resource: Any, expected_type: str | None = None) -> str:
     """Validate one resource dict; returns its type or raises FhirError (422) listing every problem."""
     resource_type = require_resource_type(resource)
     if expected_type is not None and resource_type != expected_type:
-        raise bad_request(
-            f"The resource is a {resource_type} but the URL is for {expected_type}.", "resourceType"
-        )
-    issues = model_issues(resource) or conformance.check_resource(resource)
+        raise bad_request(f"The resource is a {resource_type} but the URL is for {expected_type}.", "resourceType")
+    issues = model_issues(resource) or semantic_issues(resource)
     if issues:
         raise FhirError(422, issues)
     return resource_type
+
+
+def semantic_issues(resource: dict[str, Any]) -> list[Issue]:
+    """Checks for a structurally valid resource: required bindings, reference targets, invariants."""
+    return conformance.check_resource(resource) + check_invariants(resource)
 
 
 def model_issues(resource: dict[str, Any]) -> list[Issue]:
@@ -127,5 +131,11 @@ def validation_issues(resource: Any) -> list[Issue]:
     return []
 
 
-__all__ = ["model_issues", "parse_json", "require_resource_type", "unprocessable", "validate_resource",
-           "validation_issues"]
+__all__ = [
+    "model_issues",
+    "parse_json",
+    "require_resource_type",
+    "unprocessable",
+    "validate_resource",
+    "validation_issues",
+]

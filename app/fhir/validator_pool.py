@@ -50,7 +50,7 @@ class ValidatorPool:
         if self._pool is None or len(resources) < INLINE_BELOW:
             return lambda: [model_issues(r) for r in resources]
         futures: list[Future[list[list[Issue]]]] = [
-            self._pool.submit(_validate_chunk, orjson.dumps(resources[start: start + CHUNK]))
+            self._pool.submit(_validate_chunk, orjson.dumps(resources[start : start + CHUNK]))
             for start in range(0, len(resources), CHUNK)
         ]
         return lambda: [issues for future in futures for issues in future.result()]

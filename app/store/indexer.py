@@ -11,10 +11,11 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from functools import cache
 from typing import Any
 
+from app.fhir.dates import date_range
 from app.fhir.definitions import SearchParameter, SearchPath, patient_compartment, search_parameters
 
 # Served from the resource table itself, not from index rows.
@@ -51,8 +52,9 @@ def _plan(resource_type: str) -> _Plan:
             codes.add(p.code)
             for path in p.paths:
                 grouped.setdefault(path.keys[0], []).append((p.code, p.type, path))
-    return _Plan({k: tuple(v) for k, v in grouped.items()}, frozenset(codes),
-                 frozenset(patient_compartment(resource_type)))
+    return _Plan(
+        {k: tuple(v) for k, v in grouped.items()}, frozenset(codes), frozenset(patient_compartment(resource_type))
+    )
 
 
 def indexed_parameters(resource_type: str) -> dict[str, SearchParameter]:
@@ -98,44 +100,6 @@ def _elements(first: Any, path: SearchPath) -> list[Any]:
 
 
 # ---------------------------------------------------------------------------------------------- dates
-
-_PRECISION_STEP = {4: "year", 7: "month", 10: "day"}
-
-
-def _last_instant_of(low: datetime, unit: str) -> datetime:
-    try:
-        if unit == "year":
-            following = low.replace(year=low.year + 1)
-        elif unit == "month":
-            following = low.replace(year=low.year + low.month // 12, month=low.month % 12 + 1)
-        else:
-            following = low + timedelta(days=1)
-    except (ValueError, OverflowError):  # the last period of year 9999
-        return datetime.max.replace(tzinfo=UTC)
-    return following - timedelta(microseconds=1)
-
-
-def date_range(value: str) -> tuple[datetime, datetime] | None:
-    """The instant range a FHIR date/dateTime/instant covers, in UTC: '2024-03' is all of March."""
-    try:
-        if len(value) in _PRECISION_STEP:
-            year = int(value[:4])
-            month = int(value[5:7]) if len(value) >= 7 else 1
-            day = int(value[8:10]) if len(value) == 10 else 1
-            low = datetime(year, month, day, tzinfo=UTC)
-            return low, _last_instant_of(low, _PRECISION_STEP[len(value)])
-        parsed = datetime.fromisoformat(value)
-    except (ValueError, OverflowError):
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    low = parsed.astimezone(UTC)
-    seconds_part = value[11:].split("+")[0].split("-")[0].rstrip("Z")
-    if "." in seconds_part:
-        return low, low
-    if seconds_part.count(":") == 1:  # hh:mm (allowed in instants written by some clients)
-        return low, low + timedelta(minutes=1, microseconds=-1)
-    return low, low + timedelta(seconds=1, microseconds=-1)
 
 
 def _date_rows(value: Any, fhir_type: str) -> Iterator[tuple[datetime | None, datetime | None]]:
@@ -223,8 +187,14 @@ def parse_reference(reference: str) -> tuple[str | None, str | None, str | None]
 
 def _reference_row(value: Any) -> Row | None:
     if isinstance(value, str):  # canonical or uri typed references
-        return {"target_type": None, "target_id": None, "target_version": None, "url": value,
-                "identifier_system": None, "identifier_value": None}
+        return {
+            "target_type": None,
+            "target_id": None,
+            "target_version": None,
+            "url": value,
+            "identifier_system": None,
+            "identifier_value": None,
+        }
     if not isinstance(value, dict):
         return None
     reference = value.get("reference")
@@ -236,8 +206,14 @@ def _reference_row(value: Any) -> Row | None:
             url = reference
     if target_id is None and url is None and not identifier:
         return None
-    return {"target_type": target_type, "target_id": target_id, "target_version": version, "url": url,
-            "identifier_system": identifier.get("system"), "identifier_value": identifier.get("value")}
+    return {
+        "target_type": target_type,
+        "target_id": target_id,
+        "target_version": version,
+        "url": url,
+        "identifier_system": identifier.get("system"),
+        "identifier_value": identifier.get("value"),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- entry
@@ -256,9 +232,16 @@ def _rows_for(kind: str, value: Any, path: SearchPath) -> list[Row]:
         return [{"low": lo, "high": hi} for lo, hi in _date_rows(value, fhir_type)]
     if kind == "quantity":
         if isinstance(value, dict) and isinstance(value.get("value"), int | float):
-            return [{"value": float(value["value"]), "system": value.get("system"),
-                     "code": value.get("code") or value.get("currency"), "unit": value.get("unit"),
-                     "canonical_value": None, "canonical_code": None}]
+            return [
+                {
+                    "value": float(value["value"]),
+                    "system": value.get("system"),
+                    "code": value.get("code") or value.get("currency"),
+                    "unit": value.get("unit"),
+                    "canonical_value": None,
+                    "canonical_code": None,
+                }
+            ]
         return []
     if kind == "number":
         return [{"value": float(value)}] if isinstance(value, int | float) and not isinstance(value, bool) else []
@@ -278,8 +261,12 @@ def extract(resource_type: str, res_id: str, resource: dict[str, Any]) -> IndexR
                 for row in _rows_for(kind, value, path):
                     row["param"] = code
                     rows.setdefault(kind, []).append(row)
-                    if patient_id is None and kind == "reference" and code in plan.compartment \
-                            and row["target_type"] == "Patient":
+                    if (
+                        patient_id is None
+                        and kind == "reference"
+                        and code in plan.compartment
+                        and row["target_type"] == "Patient"
+                    ):
                         patient_id = row["target_id"]
     for table_rows in rows.values():
         for row in table_rows:

@@ -152,12 +152,20 @@ class Store:
     ) -> tuple[list[StoredResource], int]:
         """Versions newest first (instance, type or system level), with the total count."""
         current = select(
-            resource_table.c.res_type, resource_table.c.res_id, resource_table.c.version_id,
-            resource_table.c.last_updated, resource_table.c.content, resource_table.c.deleted,
+            resource_table.c.res_type,
+            resource_table.c.res_id,
+            resource_table.c.version_id,
+            resource_table.c.last_updated,
+            resource_table.c.content,
+            resource_table.c.deleted,
         )
         older = select(
-            history_table.c.res_type, history_table.c.res_id, history_table.c.version_id,
-            history_table.c.last_updated, history_table.c.content, history_table.c.method,
+            history_table.c.res_type,
+            history_table.c.res_id,
+            history_table.c.version_id,
+            history_table.c.last_updated,
+            history_table.c.content,
+            history_table.c.method,
         )
         for table, statement_name in ((resource_table, "current"), (history_table, "older")):
             filters = []
@@ -173,16 +181,24 @@ class Store:
                 older = older.where(*filters)
         with self.engine.connect() as conn:
             rows = [
-                (r.res_type, r.res_id, r.version_id, _utc(r.last_updated), r.content,
-                 "DELETE" if r.deleted else ("POST" if r.version_id == 1 else "PUT"))
+                (
+                    r.res_type,
+                    r.res_id,
+                    r.version_id,
+                    _utc(r.last_updated),
+                    r.content,
+                    "DELETE" if r.deleted else ("POST" if r.version_id == 1 else "PUT"),
+                )
                 for r in conn.execute(current)
             ]
-            rows += [(r.res_type, r.res_id, r.version_id, _utc(r.last_updated), r.content, r.method)
-                     for r in conn.execute(older)]
+            rows += [
+                (r.res_type, r.res_id, r.version_id, _utc(r.last_updated), r.content, r.method)
+                for r in conn.execute(older)
+            ]
         if res_id and not rows:
             raise not_found(f"{resource_type}/{res_id} does not exist.")
         rows.sort(key=lambda r: (r[3], r[2]), reverse=True)
-        page = rows[offset: offset + count]
+        page = rows[offset : offset + count]
         return [StoredResource(t, i, v, lu, c, m) for t, i, v, lu, c, m in page], len(rows)
 
     def search(self, request: SearchRequest, *, with_total: bool = True) -> SearchPage:
@@ -266,7 +282,9 @@ def _included_keys(conn: Connection, request: SearchRequest, ids: list[str]) -> 
     keys: list[tuple[str, str]] = []
     for source_type, param, target_type in request.include_specs():
         statement = select(refs.c.target_type, refs.c.target_id).where(
-            refs.c.res_type == source_type, refs.c.param == param, refs.c.res_id.in_(ids),
+            refs.c.res_type == source_type,
+            refs.c.param == param,
+            refs.c.res_id.in_(ids),
             refs.c.target_id.is_not(None),
         )
         if target_type:
@@ -274,8 +292,10 @@ def _included_keys(conn: Connection, request: SearchRequest, ids: list[str]) -> 
         keys.extend((r.target_type, r.target_id) for r in conn.execute(statement))
     for source_type, param, _target in request.revinclude_specs():
         statement = select(refs.c.res_type, refs.c.res_id).where(
-            refs.c.res_type == source_type, refs.c.param == param,
-            refs.c.target_type == request.resource_type, refs.c.target_id.in_(ids),
+            refs.c.res_type == source_type,
+            refs.c.param == param,
+            refs.c.target_type == request.resource_type,
+            refs.c.target_id.in_(ids),
         )
         keys.extend((r.res_type, r.res_id) for r in conn.execute(statement))
     return keys
@@ -284,11 +304,13 @@ def _included_keys(conn: Connection, request: SearchRequest, ids: list[str]) -> 
 def _read_many(conn: Connection, keys: list[tuple[str, str]]) -> list[StoredResource]:
     found: list[StoredResource] = []
     for start in range(0, len(keys), 500):
-        chunk = keys[start: start + 500]
-        rows = conn.execute(select(resource_table).where(
-            tuple_(resource_table.c.res_type, resource_table.c.res_id).in_(chunk),
-            resource_table.c.deleted.is_(False),
-        ))
+        chunk = keys[start : start + 500]
+        rows = conn.execute(
+            select(resource_table).where(
+                tuple_(resource_table.c.res_type, resource_table.c.res_id).in_(chunk),
+                resource_table.c.deleted.is_(False),
+            )
+        )
         found.extend(_row_to_stored(r) for r in rows)
     return found
 
@@ -327,10 +349,17 @@ class WriteTransaction:
     def _queue(self, stored: StoredResource) -> None:
         assert stored.content is not None
         index = indexer.extract(stored.resource_type, stored.id, stored.content)
-        self._pending_resources.append({
-            "res_type": stored.resource_type, "res_id": stored.id, "version_id": stored.version_id,
-            "last_updated": self.now, "deleted": False, "patient_id": index.patient_id, "content": stored.content,
-        })
+        self._pending_resources.append(
+            {
+                "res_type": stored.resource_type,
+                "res_id": stored.id,
+                "version_id": stored.version_id,
+                "last_updated": self.now,
+                "deleted": False,
+                "patient_id": index.patient_id,
+                "content": stored.content,
+            }
+        )
         for kind, rows in index.rows.items():
             self._pending_index.setdefault(kind, []).extend(rows)
         self._pending_keys.add((stored.resource_type, stored.id))
@@ -397,10 +426,16 @@ class WriteTransaction:
     def _replace(self, row: Any, stored: StoredResource) -> None:
         """Move the current version to history and write `stored` (a new version or a tombstone)."""
         key = (stored.resource_type, stored.id)
-        self.conn.execute(insert(history_table).values(
-            res_type=row.res_type, res_id=row.res_id, version_id=row.version_id, last_updated=row.last_updated,
-            method="DELETE" if row.deleted else ("POST" if row.version_id == 1 else "PUT"), content=row.content,
-        ))
+        self.conn.execute(
+            insert(history_table).values(
+                res_type=row.res_type,
+                res_id=row.res_id,
+                version_id=row.version_id,
+                last_updated=row.last_updated,
+                method="DELETE" if row.deleted else ("POST" if row.version_id == 1 else "PUT"),
+                content=row.content,
+            )
+        )
         for table in INDEX_TABLES.values():
             self.conn.execute(delete(table).where(table.c.res_type == key[0], table.c.res_id == key[1]))
         patient_id = None
@@ -412,8 +447,13 @@ class WriteTransaction:
         self.conn.execute(
             update(resource_table)
             .where(resource_table.c.res_type == key[0], resource_table.c.res_id == key[1])
-            .values(version_id=stored.version_id, last_updated=self.now, deleted=stored.content is None,
-                    patient_id=patient_id, content=stored.content)
+            .values(
+                version_id=stored.version_id,
+                last_updated=self.now,
+                deleted=stored.content is None,
+                patient_id=patient_id,
+                content=stored.content,
+            )
         )
 
     # Reads inside the transaction ---------------------------------------------------------------
@@ -431,7 +471,7 @@ class WriteTransaction:
         found = {k for k in keys if k in self._pending_keys}
         rest = [k for k in keys if k not in found]
         for start in range(0, len(rest), 500):
-            chunk = rest[start: start + 500]
+            chunk = rest[start : start + 500]
             rows = self.conn.execute(
                 select(resource_table.c.res_type, resource_table.c.res_id).where(
                     tuple_(resource_table.c.res_type, resource_table.c.res_id).in_(chunk),

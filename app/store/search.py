@@ -18,17 +18,30 @@ from urllib.parse import parse_qsl
 
 from sqlalchemy import ColumnElement, Select, and_, false, func, not_, or_, select, true
 
+from app.fhir.dates import date_range
 from app.fhir.definitions import SearchParameter, resource_types
 from app.fhir.errors import FhirError, Issue, bad_request, not_supported
-from app.store.indexer import date_range, indexed_parameters, normalize_text, parse_reference
+from app.store.indexer import indexed_parameters, normalize_text, parse_reference
 from app.store.schema import INDEX_TABLES, Resource
 
 resource_table = Resource.__table__  # type: ignore[attr-defined]
 
 # Result parameters: they shape the answer rather than select resources.
 RESULT_PARAMETERS = frozenset(
-    {"_count", "_offset", "_sort", "_summary", "_total", "_elements", "_include", "_revinclude", "_format",
-     "_pretty", "_contained", "_containedType"}
+    {
+        "_count",
+        "_offset",
+        "_sort",
+        "_summary",
+        "_total",
+        "_elements",
+        "_include",
+        "_revinclude",
+        "_format",
+        "_pretty",
+        "_contained",
+        "_containedType",
+    }
 )
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _MODIFIERS = {
@@ -143,21 +156,29 @@ def parse_search(
 
 def _check_parameter(resource_type: str, known: dict[str, SearchParameter], name: str, modifier: str) -> str | None:
     if name in ("_id", "_lastUpdated"):
-        return None if modifier in ("", "missing", "not") or name == "_lastUpdated" and not modifier else (
-            f"Modifier :{modifier} is not supported on {name}."
+        return (
+            None
+            if modifier in ("", "missing", "not") or (name == "_lastUpdated" and not modifier)
+            else (f"Modifier :{modifier} is not supported on {name}.")
         )
     param = known.get(name)
     if param is None:
-        return (f"Unknown or unsupported search parameter {name!r} for {resource_type}. "
-                f"Supported: {', '.join(sorted([*known, '_id', '_lastUpdated']))}.")
+        return (
+            f"Unknown or unsupported search parameter {name!r} for {resource_type}. "
+            f"Supported: {', '.join(sorted([*known, '_id', '_lastUpdated']))}."
+        )
     if modifier and param.type == "reference" and modifier in resource_types():
-        return None if not param.targets or modifier in param.targets else (
-            f"{name} cannot refer to {modifier}; allowed targets: {', '.join(param.targets)}."
+        return (
+            None
+            if not param.targets or modifier in param.targets
+            else (f"{name} cannot refer to {modifier}; allowed targets: {', '.join(param.targets)}.")
         )
     if modifier and modifier not in _IMPLEMENTED_MODIFIERS.get(param.type, set()):
         known_here = modifier in _MODIFIERS.get(param.type, set())
-        return (f"Modifier :{modifier} on {param.type} parameter {name!r} is "
-                f"{'not supported by this server yet' if known_here else 'not defined by FHIR'}.")
+        return (
+            f"Modifier :{modifier} on {param.type} parameter {name!r} is "
+            f"{'not supported by this server yet' if known_here else 'not defined by FHIR'}."
+        )
     return None
 
 
@@ -208,7 +229,9 @@ def _prefix(value: str) -> tuple[str, str]:
     return "eq", value
 
 
-def _range_condition(prefix: str, low: Any, high: Any, value_low: Any, value_high: Any, name: str) -> ColumnElement[bool]:
+def _range_condition(
+    prefix: str, low: Any, high: Any, value_low: Any, value_high: Any, name: str
+) -> ColumnElement[bool]:
     """FHIR's prefix semantics between a stored range [low, high] and a searched range [value_low, value_high]."""
     if prefix == "eq":
         return and_(low >= value_low, high <= value_high)
@@ -263,8 +286,14 @@ def _number_condition(column: Any, raw: str, name: str) -> ColumnElement[bool]:
     if prefix == "ap":
         slack = abs(exact) * 0.1
         return and_(column >= exact - slack, column <= exact + slack)
-    return {"gt": column > exact, "lt": column < exact, "ge": column >= exact, "le": column <= exact,
-            "sa": column > exact, "eb": column < exact}[prefix]
+    return {
+        "gt": column > exact,
+        "lt": column < exact,
+        "ge": column >= exact,
+        "le": column <= exact,
+        "sa": column > exact,
+        "eb": column < exact,
+    }[prefix]
 
 
 def _token_condition(table: Any, raw: str, modifier: str | None) -> ColumnElement[bool]:
@@ -359,8 +388,9 @@ def _criterion_condition(resource_type: str, criterion: Criterion) -> ColumnElem
         elif param.type == "reference":
             alternatives.append(_reference_condition(table, param, raw, modifier))
         elif param.type == "uri":
-            alternatives.append(table.c.value.like(raw.rstrip("/") + "%") if modifier == "below"
-                                else table.c.value == raw)
+            alternatives.append(
+                table.c.value.like(raw.rstrip("/") + "%") if modifier == "below" else table.c.value == raw
+            )
     matching = select(table.c.res_id).where(owned, or_(*alternatives))
     membership = resource_table.c.res_id.in_(matching)
     return not_(membership) if modifier == "not" else membership

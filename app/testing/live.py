@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -28,10 +29,24 @@ class LiveServer:
 def start_live_server(database_url: str, log_path: Path, *extra: str, port: int | None = None) -> LiveServer:
     """Start the server and wait until /fhir/metadata answers; raises with the log tail if it dies."""
     port = port or free_port()
-    command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--database-url", database_url, "--no-access-log", "--log-level", "warning", *extra]
-    log = log_path.open("wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})  # noqa: S603
+    command = [
+        sys.executable,
+        "-m",
+        "app.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--database-url",
+        database_url,
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        *extra,
+    ]
+    with log_path.open("wb") as log:  # the child keeps its own descriptor
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})  # noqa: S603
     base = f"http://127.0.0.1:{port}/fhir"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

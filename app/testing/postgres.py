@@ -466,8 +466,7 @@ class PostgresServer:
         socket_path = self.socket_dir / ".s.PGSQL.65535"
         if len(str(socket_path)) > _UNIX_SOCKET_PATH_MAX:
             raise PostgresServerError(
-                f"unix socket path {socket_path} is longer than {_UNIX_SOCKET_PATH_MAX} bytes; "
-                "use a shorter base_dir"
+                f"unix socket path {socket_path} is longer than {_UNIX_SOCKET_PATH_MAX} bytes; use a shorter base_dir"
             )
         if not self._as_root():
             return
@@ -659,8 +658,7 @@ def main(argv: list[str] | None = None) -> int:
         url = server.create_database(args.database) if args.database else server.url()
         print(url, flush=True)
         print(
-            f"PostgreSQL listening on {HOST}:{server.port} (dir {server.directory}); "
-            "Ctrl-C or SIGTERM to stop",
+            f"PostgreSQL listening on {HOST}:{server.port} (dir {server.directory}); Ctrl-C or SIGTERM to stop",
             file=sys.stderr,
             flush=True,
         )

@@ -16,15 +16,20 @@ def patient(mrn: str) -> dict[str, Any]:
 
 
 def observation(subject: str, value: float = 5.0) -> dict[str, Any]:
-    return {"resourceType": "Observation", "status": "final",
-            "code": {"coding": [{"system": LOINC, "code": "6690-2"}]}, "subject": {"reference": subject},
-            "valueQuantity": {"value": value, "unit": "10*3/uL", "system": "http://unitsofmeasure.org",
-                              "code": "10*3/uL"}}
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": LOINC, "code": "6690-2"}]},
+        "subject": {"reference": subject},
+        "valueQuantity": {"value": value, "unit": "10*3/uL", "system": "http://unitsofmeasure.org", "code": "10*3/uL"},
+    }
 
 
 def post_entry(resource: dict[str, Any], full_url: str | None = None, **request: Any) -> dict[str, Any]:
-    entry: dict[str, Any] = {"resource": resource, "request": {"method": "POST", "url": resource["resourceType"],
-                                                                **request}}
+    entry: dict[str, Any] = {
+        "resource": resource,
+        "request": {"method": "POST", "url": resource["resourceType"], **request},
+    }
     if full_url:
         entry["fullUrl"] = full_url
     return entry
@@ -41,10 +46,13 @@ def count(client: TestClient, resource_type: str) -> int:
 
 def test_transaction_rewrites_urn_uuid_references(client: TestClient) -> None:
     patient_url = f"urn:uuid:{uuid.uuid4()}"
-    response = client.post("/fhir", json=transaction(
-        post_entry(observation(patient_url)),  # refers to an entry that comes later
-        post_entry(patient("MRN-1"), patient_url),
-    ))
+    response = client.post(
+        "/fhir",
+        json=transaction(
+            post_entry(observation(patient_url)),  # refers to an entry that comes later
+            post_entry(patient("MRN-1"), patient_url),
+        ),
+    )
     assert response.status_code == 200, response.json()
     body = response.json()
     assert body["type"] == "transaction-response"
@@ -64,11 +72,17 @@ def test_transaction_with_invalid_500th_entry_creates_nothing(client: TestClient
     entries.append(post_entry(bad))
     response = client.post("/fhir", json=transaction(*entries))
     assert response.status_code == 422
-    assert response.json() == {"resourceType": "OperationOutcome", "issue": [{
-        "severity": "error", "code": "code-invalid",
-        "diagnostics": response.json()["issue"][0]["diagnostics"],
-        "expression": ["Bundle.entry[499].resource.status"],
-    }]}
+    assert response.json() == {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "error",
+                "code": "code-invalid",
+                "diagnostics": response.json()["issue"][0]["diagnostics"],
+                "expression": ["Bundle.entry[499].resource.status"],
+            }
+        ],
+    }
     assert "bogus" in response.json()["issue"][0]["diagnostics"]
     assert count(client, "Patient") == 0
     assert client.get("/fhir/_history").json()["total"] == 0
@@ -76,11 +90,16 @@ def test_transaction_with_invalid_500th_entry_creates_nothing(client: TestClient
 
 def test_transaction_failing_at_execution_rolls_back(client: TestClient) -> None:
     client.put("/fhir/Patient/p1", json={**patient("MRN-1"), "id": "p1"})
-    response = client.post("/fhir", json=transaction(
-        post_entry(patient("MRN-2")),
-        {"resource": {**patient("MRN-1"), "id": "p1"}, "request": {"method": "PUT", "url": "Patient/p1",
-                                                                     "ifMatch": 'W/"7"'}},
-    ))
+    response = client.post(
+        "/fhir",
+        json=transaction(
+            post_entry(patient("MRN-2")),
+            {
+                "resource": {**patient("MRN-1"), "id": "p1"},
+                "request": {"method": "PUT", "url": "Patient/p1", "ifMatch": 'W/"7"'},
+            },
+        ),
+    )
     assert response.status_code == 412
     assert response.json()["issue"][0]["expression"] == ["Bundle.entry[1]"]
     assert count(client, "Patient") == 1
@@ -129,12 +148,16 @@ def test_if_none_exist_in_transaction_and_duplicates_inside_one_bundle(client: T
 
 def test_processing_order_delete_post_put_get(client: TestClient) -> None:
     client.put("/fhir/Patient/old", json={**patient("OLD"), "id": "old"})
-    response = client.post("/fhir", json=transaction(
-        {"request": {"method": "GET", "url": f"Patient?identifier={SITE}|NEW"}},
-        {"resource": {**patient("PUT"), "id": "put-1"}, "request": {"method": "PUT", "url": "Patient/put-1"}},
-        post_entry(patient("NEW")),
-        {"request": {"method": "DELETE", "url": "Patient/old"}},
-    ), headers={"Prefer": "return=representation"})
+    response = client.post(
+        "/fhir",
+        json=transaction(
+            {"request": {"method": "GET", "url": f"Patient?identifier={SITE}|NEW"}},
+            {"resource": {**patient("PUT"), "id": "put-1"}, "request": {"method": "PUT", "url": "Patient/put-1"}},
+            post_entry(patient("NEW")),
+            {"request": {"method": "DELETE", "url": "Patient/old"}},
+        ),
+        headers={"Prefer": "return=representation"},
+    )
     assert response.status_code == 200, response.json()
     entries = response.json()["entry"]
     searchset = entries[0]["resource"]
@@ -147,13 +170,16 @@ def test_processing_order_delete_post_put_get(client: TestClient) -> None:
 def test_batch_entries_are_independent(client: TestClient) -> None:
     bad = observation("Patient/x")
     bad["status"] = "bogus"
-    response = client.post("/fhir", json=transaction(
-        post_entry(patient("B-1")),
-        post_entry(bad),
-        {"request": {"method": "GET", "url": "Patient/does-not-exist"}},
-        post_entry(patient("B-2")),
-        kind="batch",
-    ))
+    response = client.post(
+        "/fhir",
+        json=transaction(
+            post_entry(patient("B-1")),
+            post_entry(bad),
+            {"request": {"method": "GET", "url": "Patient/does-not-exist"}},
+            post_entry(patient("B-2")),
+            kind="batch",
+        ),
+    )
     assert response.status_code == 200
     body = response.json()
     assert body["type"] == "batch-response"
@@ -170,15 +196,19 @@ def test_bundle_shape_errors(client: TestClient) -> None:
     no_request = client.post("/fhir", json=transaction({"resource": patient("X")}))
     assert no_request.status_code == 400
     assert no_request.json()["issue"][0]["expression"] == ["Bundle.entry[0].request"]
-    mismatch = client.post("/fhir", json=transaction({"resource": patient("X"),
-                                                      "request": {"method": "POST", "url": "Observation"}}))
+    mismatch = client.post(
+        "/fhir", json=transaction({"resource": patient("X"), "request": {"method": "POST", "url": "Observation"}})
+    )
     assert mismatch.status_code == 400
     dangling = client.post("/fhir", json=transaction(post_entry(observation("urn:uuid:nowhere"))))
     assert dangling.status_code == 400
     assert dangling.json()["issue"][0]["expression"] == ["Bundle.entry[0].resource.subject.reference"]
-    twice = client.post("/fhir", json=transaction(
-        {"resource": {**patient("X"), "id": "same"}, "request": {"method": "PUT", "url": "Patient/same"}},
-        {"resource": {**patient("Y"), "id": "same"}, "request": {"method": "PUT", "url": "Patient/same"}},
-    ))
+    twice = client.post(
+        "/fhir",
+        json=transaction(
+            {"resource": {**patient("X"), "id": "same"}, "request": {"method": "PUT", "url": "Patient/same"}},
+            {"resource": {**patient("Y"), "id": "same"}, "request": {"method": "PUT", "url": "Patient/same"}},
+        ),
+    )
     assert twice.status_code == 400
     assert count(client, "Patient") == 0

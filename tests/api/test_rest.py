@@ -12,16 +12,26 @@ SITE = "https://hospital.example/mrn"
 
 
 def patient(mrn: str = "MRN-1", family: str = "Martin", **extra: Any) -> dict[str, Any]:
-    return {"resourceType": "Patient", "identifier": [{"system": SITE, "value": mrn}],
-            "name": [{"family": family, "given": ["Claire"]}], "gender": "female", "birthDate": "1979-04-12", **extra}
+    return {
+        "resourceType": "Patient",
+        "identifier": [{"system": SITE, "value": mrn}],
+        "name": [{"family": family, "given": ["Claire"]}],
+        "gender": "female",
+        "birthDate": "1979-04-12",
+        **extra,
+    }
 
 
 def observation(subject: str, value: float = 5.2, **extra: Any) -> dict[str, Any]:
-    return {"resourceType": "Observation", "status": "final",
-            "code": {"coding": [{"system": "http://loinc.org", "code": "6690-2"}]},
-            "subject": {"reference": subject}, "effectiveDateTime": "2026-10-10T08:30:00Z",
-            "valueQuantity": {"value": value, "unit": "10*3/uL", "system": "http://unitsofmeasure.org",
-                              "code": "10*3/uL"}, **extra}
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "6690-2"}]},
+        "subject": {"reference": subject},
+        "effectiveDateTime": "2026-10-10T08:30:00Z",
+        "valueQuantity": {"value": value, "unit": "10*3/uL", "system": "http://unitsofmeasure.org", "code": "10*3/uL"},
+        **extra,
+    }
 
 
 def only_issue(response: Any) -> dict[str, Any]:
@@ -180,8 +190,10 @@ def test_search_basics(client: TestClient) -> None:
     assert by_identifier["entry"][0]["search"]["mode"] == "match"
     accent_insensitive = client.get("/fhir/Patient", params={"name": "emi"}).json()
     assert [e["resource"]["id"] for e in accent_insensitive["entry"]] == [first]
-    low = client.get("/fhir/Observation", params={"subject": f"Patient/{first}", "code": "http://loinc.org|6690-2",
-                                                   "value-quantity": "lt4"}).json()
+    low = client.get(
+        "/fhir/Observation",
+        params={"subject": f"Patient/{first}", "code": "http://loinc.org|6690-2", "value-quantity": "lt4"},
+    ).json()
     assert low["total"] == 1
     assert client.get("/fhir/Observation", params={"date": "ge2026-10-11"}).json()["total"] == 0
     assert client.get("/fhir/Observation", params={"date": "2026-10"}).json()["total"] == 2
@@ -206,8 +218,9 @@ def test_search_basics(client: TestClient) -> None:
     counted = client.get("/fhir/Patient", params={"_summary": "count"}).json()
     assert counted["total"] == 2 and "entry" not in counted
 
-    posted = client.post("/fhir/Patient/_search", content=b"family=dubois",
-                         headers={"Content-Type": "application/x-www-form-urlencoded"}).json()
+    posted = client.post(
+        "/fhir/Patient/_search", content=b"family=dubois", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    ).json()
     assert [e["resource"]["id"] for e in posted["entry"]] == [second]
 
 

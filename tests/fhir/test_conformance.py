@@ -190,9 +190,7 @@ def test_contained_resources_are_checked_below_the_container() -> None:
     }
     issues = check_resource(patient)
     assert expressions(issues) == ["Patient.contained[0].gender", "Patient.contained[1].telecom[1].system"]
-    assert issues[0].under("Bundle.entry[2].resource").expression == (
-        "Bundle.entry[2].resource.contained[0].gender",
-    )
+    assert issues[0].under("Bundle.entry[2].resource").expression == ("Bundle.entry[2].resource.contained[0].gender",)
 
 
 def test_extension_values_and_primitive_extensions() -> None:
@@ -201,9 +199,7 @@ def test_extension_values_and_primitive_extensions() -> None:
         {"url": "http://example.org/a", "valueQuantity": {"value": 1, "comparator": "!"}},
         {"url": "http://example.org/b", "extension": [{"url": "c", "valueHumanName": {"use": "nick"}}]},
     ]
-    obs["_status"] = {
-        "extension": [{"url": "http://example.org/d", "valueContactPoint": {"system": "pigeon"}}]
-    }
+    obs["_status"] = {"extension": [{"url": "http://example.org/d", "valueContactPoint": {"system": "pigeon"}}]}
     assert expressions(check_resource(obs)) == [
         "Observation.extension[0].valueQuantity.comparator",
         "Observation.extension[1].extension[0].valueHumanName.use",
@@ -239,9 +235,7 @@ def test_codeable_concept_binding_checks_only_the_bound_system() -> None:
         "subject": {"reference": "Patient/1"},
     }
     issues = check_resource(condition)
-    assert [(i.code, i.expression) for i in issues] == [
-        ("code-invalid", ("Condition.clinicalStatus.coding[2].code",))
-    ]
+    assert [(i.code, i.expression) for i in issues] == [("code-invalid", ("Condition.clinicalStatus.coding[2].code",))]
     assert "http://hl7.org/fhir/ValueSet/condition-clinical|4.0.1" in issues[0].diagnostics
 
 
@@ -291,13 +285,8 @@ def test_non_enumerable_value_sets_are_skipped() -> None:
 
 
 def test_wrong_json_shapes_are_left_to_the_model_validation() -> None:
-    assert (
-        check_resource({"resourceType": "Observation", "status": 3, "code": "x", "subject": "Patient/1"})
-        == []
-    )
-    assert (
-        check_resource({"resourceType": "Observation", "component": [None, 1, "x"], "_status": [None]}) == []
-    )
+    assert check_resource({"resourceType": "Observation", "status": 3, "code": "x", "subject": "Patient/1"}) == []
+    assert check_resource({"resourceType": "Observation", "component": [None, 1, "x"], "_status": [None]}) == []
 
 
 def test_unknown_resource_type() -> None:

@@ -130,9 +130,7 @@ def test_observation_search_parameters() -> None:
     ]
     assert paths("Observation", "value-concept") == [SearchPath(("valueCodeableConcept",), "CodeableConcept")]
     assert paths("Observation", "subject") == [SearchPath(("subject",), "Reference")]
-    assert paths("Observation", "patient") == [
-        SearchPath(("subject",), "Reference", resolve_types=("Patient",))
-    ]
+    assert paths("Observation", "patient") == [SearchPath(("subject",), "Reference", resolve_types=("Patient",))]
     assert paths("Observation", "combo-code") == [
         SearchPath(("code",), "CodeableConcept"),
         SearchPath(("component", "code"), "CodeableConcept"),
@@ -170,12 +168,8 @@ def test_patient_search_parameters() -> None:
     assert paths("Patient", "family") == [SearchPath(("name", "family"), "string")]
     assert paths("Patient", "birthdate") == [SearchPath(("birthDate",), "date")]
     assert paths("Patient", "telecom") == [SearchPath(("telecom",), "ContactPoint")]
-    assert paths("Patient", "phone") == [
-        SearchPath(("telecom",), "ContactPoint", where=(("system", "phone"),))
-    ]
-    assert paths("Patient", "email") == [
-        SearchPath(("telecom",), "ContactPoint", where=(("system", "email"),))
-    ]
+    assert paths("Patient", "phone") == [SearchPath(("telecom",), "ContactPoint", where=(("system", "phone"),))]
+    assert paths("Patient", "email") == [SearchPath(("telecom",), "ContactPoint", where=(("system", "email"),))]
     assert paths("Patient", "death-date") == [SearchPath(("deceasedDateTime",), "dateTime")]
     assert paths("Patient", "general-practitioner") == [SearchPath(("generalPractitioner",), "Reference")]
     deceased = search_parameters("Patient")["deceased"]
@@ -213,9 +207,7 @@ def test_trial_search_parameters() -> None:
         SearchPath(("onsetDateTime",), "dateTime"),
         SearchPath(("onsetPeriod",), "Period"),
     ]
-    assert paths("MedicationRequest", "code") == [
-        SearchPath(("medicationCodeableConcept",), "CodeableConcept")
-    ]
+    assert paths("MedicationRequest", "code") == [SearchPath(("medicationCodeableConcept",), "CodeableConcept")]
 
 
 def test_resource_level_parameters_are_inherited() -> None:
@@ -252,9 +244,7 @@ UNSUPPORTED = {
 
 
 def test_exactly_these_parameters_are_unsupported() -> None:
-    found = {
-        t: {c for c, p in search_parameters(t).items() if p.unsupported is not None} for t in UNSUPPORTED
-    }
+    found = {t: {c for c, p in search_parameters(t).items() if p.unsupported is not None} for t in UNSUPPORTED}
     assert found == UNSUPPORTED
     for t in UNSUPPORTED:
         for param in search_parameters(t).values():

@@ -115,9 +115,7 @@ def test_two_databases_are_isolated(server: PostgresServer) -> None:
         engine.dispose()
 
 
-def test_second_concurrent_server_gets_another_port(
-    server: PostgresServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_second_concurrent_server_gets_another_port(server: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> None:
     # Make the first port pick collide with the running server: start() must retry on a fresh port.
     picks = iter([server.port])
     real_pick = harness._pick_port
