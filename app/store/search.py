@@ -68,9 +68,14 @@ _FAR_FUTURE = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 @dataclass(frozen=True, slots=True)
 class Criterion:
+    """One search parameter with its values (OR). `chain` is what follows a reference parameter
+    (`subject:Patient.identifier` -> name subject, modifier Patient, chain identifier); for reverse
+    chaining the name is `_has` and the modifier the rest (`Observation:patient:code`)."""
+
     name: str
     modifier: str | None
     values: tuple[str, ...]
+    chain: str | None = None
 
 
 @dataclass
@@ -134,14 +139,13 @@ def parse_search(
     max_count: int = 1000,
 ) -> SearchRequest:
     request = SearchRequest(resource_type, count=default_count)
-    known = indexed_parameters(resource_type)
     for raw_name, raw_value in params:
-        name, _, modifier = raw_name.partition(":")
-        where = f"{resource_type}?{raw_name}"
-        if name in RESULT_PARAMETERS:
-            _apply_result_parameter(request, name, modifier, raw_value, max_count, where)
+        if raw_name.partition(":")[0] in RESULT_PARAMETERS:
+            name, _, modifier = raw_name.partition(":")
+            _apply_result_parameter(request, name, modifier, raw_value, max_count, f"{resource_type}?{raw_name}")
             continue
-        problem = _check_parameter(resource_type, known, name, modifier)
+        criterion = _criterion(raw_name, ())
+        problem = _check_criterion(resource_type, criterion)
         if problem is not None:
             if lenient:
                 request.ignored.append(Issue("not-supported", problem, (raw_name,), "warning"))
@@ -150,8 +154,61 @@ def parse_search(
         values = _split_values(raw_value)
         if not values:
             raise bad_request(f"Search parameter {raw_name!r} has no value.", raw_name)
-        request.criteria.append(Criterion(name, modifier or None, values))
+        request.criteria.append(Criterion(criterion.name, criterion.modifier, values, criterion.chain))
     return request
+
+
+def _criterion(raw_name: str, values: tuple[str, ...]) -> Criterion:
+    """Split a parameter name into name, modifier and chain: `_has:A:b:c`, `subject:Patient.name:exact`."""
+    if raw_name.startswith("_has:"):
+        return Criterion("_has", raw_name[len("_has:") :], values)
+    head, _, chain = raw_name.partition(".")
+    name, _, modifier = head.partition(":")
+    return Criterion(name, modifier or None, values, chain or None)
+
+
+def _check_criterion(resource_type: str, criterion: Criterion) -> str | None:
+    """Why this (possibly chained) parameter cannot be searched on `resource_type`, or None."""
+    if criterion.name == "_has":
+        return _check_has(resource_type, criterion.modifier or "")
+    known = indexed_parameters(resource_type)
+    problem = _check_parameter(resource_type, known, criterion.name, criterion.modifier or "")
+    if problem is not None or criterion.chain is None:
+        return problem
+    param = known[criterion.name]
+    if param.type != "reference":
+        return f"{criterion.name} is a {param.type} parameter; only reference parameters can be chained."
+    targets = _chain_targets(resource_type, criterion)
+    if not targets:
+        return (
+            f"No resource type that {resource_type}.{criterion.name} can refer to has a search parameter "
+            f"{criterion.chain.split('.')[0].split(':')[0]!r}; name the type (e.g. {criterion.name}:Patient.x)."
+        )
+    return None
+
+
+def _chain_targets(resource_type: str, criterion: Criterion) -> list[str]:
+    """The target types a chained criterion can continue on (the named type, or every allowed target)."""
+    assert criterion.chain is not None
+    param = indexed_parameters(resource_type)[criterion.name]
+    candidates = [criterion.modifier] if criterion.modifier else list(param.targets or sorted(resource_types()))
+    inner = _criterion(criterion.chain, criterion.values)
+    return [t for t in candidates if t in resource_types() and _check_criterion(t, inner) is None]
+
+
+def _check_has(resource_type: str, rest: str) -> str | None:
+    parts = rest.split(":", 2)
+    if len(parts) != 3:
+        return f"_has:{rest} must read _has:Type:reference-parameter:search-parameter."
+    source_type, ref_param, inner = parts
+    if source_type not in resource_types():
+        return f"_has:{rest}: {source_type!r} is not a resource type."
+    reference = indexed_parameters(source_type).get(ref_param)
+    if reference is None or reference.type != "reference":
+        return f"_has:{rest}: {ref_param!r} is not a reference search parameter of {source_type}."
+    if reference.targets and resource_type not in reference.targets:
+        return f"_has:{rest}: {source_type}.{ref_param} cannot refer to {resource_type}."
+    return _check_criterion(source_type, _criterion(inner, ()))
 
 
 def _check_parameter(resource_type: str, known: dict[str, SearchParameter], name: str, modifier: str) -> str | None:
@@ -352,25 +409,69 @@ def _quantity_condition(table: Any, raw: str, name: str) -> ColumnElement[bool]:
     return condition
 
 
-def _criterion_condition(resource_type: str, criterion: Criterion) -> ColumnElement[bool]:
+def _chain_condition(resource_type: str, criterion: Criterion, res: Any) -> ColumnElement[bool]:
+    """`subject:Patient.identifier=x`: resources whose subject is a Patient matching identifier=x."""
+    assert criterion.chain is not None
+    refs = INDEX_TABLES["reference"].alias()
+    inner = _criterion(criterion.chain, criterion.values)
+    per_type = []
+    for target_type in _chain_targets(resource_type, criterion):
+        target = resource_table.alias()
+        matching = select(target.c.res_id).where(
+            target.c.res_type == target_type,
+            target.c.deleted == false(),
+            _criterion_condition(target_type, inner, target),
+        )
+        per_type.append(and_(refs.c.target_type == target_type, refs.c.target_id.in_(matching)))
+    referring = select(refs.c.res_id).where(
+        refs.c.res_type == resource_type, refs.c.param == criterion.name, or_(*per_type)
+    )
+    return res.c.res_id.in_(referring)
+
+
+def _has_condition(resource_type: str, criterion: Criterion, res: Any) -> ColumnElement[bool]:
+    """`_has:Observation:patient:code=x`: resources some Observation with code x refers to by `patient`."""
+    source_type, ref_param, inner_name = (criterion.modifier or "").split(":", 2)
+    inner = _criterion(inner_name, criterion.values)
+    source = resource_table.alias()
+    matching = select(source.c.res_id).where(
+        source.c.res_type == source_type, source.c.deleted == false(), _criterion_condition(source_type, inner, source)
+    )
+    refs = INDEX_TABLES["reference"].alias()
+    referred = select(refs.c.target_id).where(
+        refs.c.res_type == source_type,
+        refs.c.param == ref_param,
+        refs.c.target_type == resource_type,
+        refs.c.res_id.in_(matching),
+    )
+    return res.c.res_id.in_(referred)
+
+
+def _criterion_condition(resource_type: str, criterion: Criterion, res: Any = resource_table) -> ColumnElement[bool]:
+    """The condition on `res` (the resource table or an alias of it) that one criterion imposes."""
     name, modifier = criterion.name, criterion.modifier
+    if name == "_has":
+        return _has_condition(resource_type, criterion, res)
+    if criterion.chain is not None:
+        return _chain_condition(resource_type, criterion, res)
     if name == "_id":
         if modifier == "missing":
             return false() if criterion.values[0] == "true" else true()
-        condition = resource_table.c.res_id.in_(criterion.values)
+        condition = res.c.res_id.in_(criterion.values)
         return not_(condition) if modifier == "not" else condition
     if name == "_lastUpdated":
-        column = resource_table.c.last_updated
+        column = res.c.last_updated
         return or_(*(_date_condition(column, column, v, name) for v in criterion.values))
 
     param = indexed_parameters(resource_type)[name]
-    table = INDEX_TABLES[param.type]
+    # An alias per subquery: nested chains over the same index table must never correlate.
+    table = INDEX_TABLES[param.type].alias()
     owned = and_(table.c.res_type == resource_type, table.c.param == name)
 
     if modifier == "missing":
         if criterion.values[0] not in ("true", "false"):
             raise bad_request(f"{name}:missing takes true or false.", f"{name}:missing")
-        has_value = resource_table.c.res_id.in_(select(table.c.res_id).where(owned))
+        has_value = res.c.res_id.in_(select(table.c.res_id).where(owned))
         return not_(has_value) if criterion.values[0] == "true" else has_value
 
     alternatives: list[ColumnElement[bool]] = []
@@ -392,7 +493,7 @@ def _criterion_condition(resource_type: str, criterion: Criterion) -> ColumnElem
                 table.c.value.like(raw.rstrip("/") + "%") if modifier == "below" else table.c.value == raw
             )
     matching = select(table.c.res_id).where(owned, or_(*alternatives))
-    membership = resource_table.c.res_id.in_(matching)
+    membership = res.c.res_id.in_(matching)
     return not_(membership) if modifier == "not" else membership
 
 
