@@ -39,21 +39,55 @@ class _Plan:
     extraction visits only the elements a resource actually has."""
 
     by_first_key: dict[str, tuple[tuple[str, str, SearchPath], ...]]
+    composites: tuple[_Composite, ...]
     codes: frozenset[str]
     compartment: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Composite:
+    """A two-component composite parameter: the elements it selects, and each component's type and paths."""
+
+    code: str
+    paths: tuple[SearchPath, ...]
+    first: tuple[str, tuple[SearchPath, ...]]
+    second: tuple[str, tuple[SearchPath, ...]]
+
+
+COMPOSITE_FIRST = frozenset({"token", "reference"})
+COMPOSITE_SECOND = frozenset({"token", "quantity", "date", "string"})
+
+
+def _composite(resource_type: str, param: SearchParameter) -> _Composite | None:
+    """The compiled composite, or None when it is not one this server indexes (three components, ...)."""
+    if not param.paths or len(param.components) != 2 or len(param.component_paths) != 2:
+        return None
+    params = search_parameters(resource_type)
+    kinds = [params[code].type if code in params else None for code, _ in param.components]
+    if kinds[0] not in COMPOSITE_FIRST or kinds[1] not in COMPOSITE_SECOND or not all(param.component_paths):
+        return None
+    first, second = param.component_paths
+    return _Composite(param.code, param.paths, (str(kinds[0]), first), (str(kinds[1]), second))
 
 
 @cache
 def _plan(resource_type: str) -> _Plan:
     grouped: dict[str, list[tuple[str, str, SearchPath]]] = {}
     codes = set()
+    composites = []
     for p in search_parameters(resource_type).values():
-        if p.type in INDEXED_TYPES and p.paths and p.code not in RESOURCE_TABLE_PARAMS:
+        if p.type == "composite" and (composite := _composite(resource_type, p)) is not None:
+            composites.append(composite)
+            codes.add(p.code)
+        elif p.type in INDEXED_TYPES and p.paths and p.code not in RESOURCE_TABLE_PARAMS:
             codes.add(p.code)
             for path in p.paths:
                 grouped.setdefault(path.keys[0], []).append((p.code, p.type, path))
     return _Plan(
-        {k: tuple(v) for k, v in grouped.items()}, frozenset(codes), frozenset(patient_compartment(resource_type))
+        {k: tuple(v) for k, v in grouped.items()},
+        tuple(composites),
+        frozenset(codes),
+        frozenset(patient_compartment(resource_type)),
     )
 
 
@@ -250,6 +284,51 @@ def _rows_for(kind: str, value: Any, path: SearchPath) -> list[Row]:
     return []
 
 
+def _select(node: Any, path: SearchPath) -> list[Any]:
+    if not path.keys:
+        return [node]
+    first = node.get(path.keys[0]) if isinstance(node, dict) else None
+    return [] if first is None else _elements(first, path)
+
+
+def _component_rows(element: Any, kind: str, paths: tuple[SearchPath, ...]) -> list[Row]:
+    return [row for path in paths for value in _select(element, path) for row in _rows_for(kind, value, path)]
+
+
+def _composite_rows(resource: dict[str, Any], composite: _Composite) -> list[Row]:
+    rows: list[Row] = []
+    (first_kind, first_paths), (second_kind, second_paths) = composite.first, composite.second
+    for path in composite.paths:
+        for element in _select(resource, path):
+            firsts = _component_rows(element, first_kind, first_paths)
+            seconds = _component_rows(element, second_kind, second_paths) if firsts else []
+            for one in firsts:
+                head = (
+                    {"c1_system": one["target_type"], "c1_code": one["target_id"]}
+                    if first_kind == "reference"
+                    else {"c1_system": one["system"], "c1_code": one["code"]}
+                )
+                for two in seconds:
+                    row = {"param": composite.code, **head}
+                    if second_kind == "token":
+                        row.update(c2_system=two["system"], c2_code=two["code"])
+                    elif second_kind == "quantity":
+                        row.update(
+                            c2_value=two["value"],
+                            c2_system=two["system"],
+                            c2_code=two["code"],
+                            c2_unit=two["unit"],
+                            c2_canonical_value=two.get("canonical_value"),
+                            c2_canonical_code=two.get("canonical_code"),
+                        )
+                    elif second_kind == "date":
+                        row.update(c2_low=two["low"], c2_high=two["high"])
+                    else:
+                        row.update(c2_text=two["value"])
+                    rows.append(row)
+    return rows
+
+
 def extract(resource_type: str, res_id: str, resource: dict[str, Any]) -> IndexRows:
     """Every index row for one resource, plus the id of the patient whose compartment holds it."""
     plan = _plan(resource_type)
@@ -268,6 +347,10 @@ def extract(resource_type: str, res_id: str, resource: dict[str, Any]) -> IndexR
                         and row["target_type"] == "Patient"
                     ):
                         patient_id = row["target_id"]
+    if plan.composites:
+        composite_rows = [row for composite in plan.composites for row in _composite_rows(resource, composite)]
+        if composite_rows:
+            rows["composite"] = composite_rows
     for table_rows in rows.values():
         for row in table_rows:
             row["res_type"] = resource_type

@@ -113,6 +113,23 @@ idx_reference = _index_table(
     lookup=("target_id", "target_type"),
 )
 idx_uri = _index_table("idx_uri", Column("value", Text, nullable=False), lookup=("value",))
+# Composite parameters (code-value-quantity, ...): both components of one element in one row, so that
+# "code X with value > Y" cannot match X from one component and Y from another.
+idx_composite = _index_table(
+    "idx_composite",
+    Column("c1_system", String(255), nullable=True),  # first component: a token (or a reference as Type/id)
+    Column("c1_code", String(255), nullable=True),
+    Column("c2_system", String(255), nullable=True),  # second: token, quantity, date or string
+    Column("c2_code", String(255), nullable=True),
+    Column("c2_value", Float, nullable=True),
+    Column("c2_unit", String(255), nullable=True),
+    Column("c2_canonical_value", Float, nullable=True),
+    Column("c2_canonical_code", String(255), nullable=True),
+    Column("c2_low", DateTime(timezone=True), nullable=True),
+    Column("c2_high", DateTime(timezone=True), nullable=True),
+    Column("c2_text", Text, nullable=True),
+    lookup=("c1_code", "c2_code"),
+)
 
 INDEX_TABLES: dict[str, Table] = {
     "token": idx_token,
@@ -122,6 +139,7 @@ INDEX_TABLES: dict[str, Table] = {
     "quantity": idx_quantity,
     "reference": idx_reference,
     "uri": idx_uri,
+    "composite": idx_composite,
 }
 
 __all__ = ["INDEX_TABLES", "Resource", "ResourceHistory", "metadata"]

@@ -13,13 +13,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qsl
 
 from sqlalchemy import ColumnElement, Select, and_, false, func, not_, or_, select, true
 
 from app.fhir.dates import date_range
-from app.fhir.definitions import SearchParameter, resource_types
+from app.fhir.definitions import SearchParameter, resource_types, search_parameters
 from app.fhir.errors import FhirError, Issue, bad_request, not_supported
 from app.store.indexer import indexed_parameters, normalize_text, parse_reference
 from app.store.schema import INDEX_TABLES, Resource
@@ -52,6 +53,7 @@ _MODIFIERS = {
     "quantity": {"missing"},
     "reference": {"missing", "identifier"},  # plus :<ResourceType>
     "uri": {"missing", "below", "above"},
+    "composite": {"missing"},
 }
 _IMPLEMENTED_MODIFIERS = {
     "token": {"not", "text", "missing"},
@@ -61,6 +63,7 @@ _IMPLEMENTED_MODIFIERS = {
     "quantity": {"missing"},
     "reference": {"missing", "identifier"},
     "uri": {"missing", "below"},
+    "composite": {"missing"},
 }
 _FAR_PAST = datetime(1, 1, 1, tzinfo=UTC)
 _FAR_FUTURE = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
@@ -447,6 +450,43 @@ def _has_condition(resource_type: str, criterion: Criterion, res: Any) -> Column
     return res.c.res_id.in_(referred)
 
 
+def _component_columns(table: Any, prefix: str) -> Any:
+    """The composite table's columns for one component, under the names the single-type conditions use."""
+    names = ("system", "code", "value", "unit", "canonical_value", "canonical_code", "low", "high", "text")
+    columns = {n: getattr(table.c, f"{prefix}_{n}") for n in names if hasattr(table.c, f"{prefix}_{n}")}
+    return SimpleNamespace(c=SimpleNamespace(**columns))
+
+
+def _composite_condition(
+    resource_type: str, table: Any, param: SearchParameter, raw: str, name: str
+) -> ColumnElement[bool]:
+    """`code-value-quantity=http://loinc.org|8480-6$gt140`: both parts must hold in the same element."""
+    parts = re.split(r"(?<!\\)\$", raw)
+    if len(parts) != 2:
+        raise bad_request(f"{name} takes two values joined by '$' (e.g. code$value); got {raw!r}.", name)
+    params = search_parameters(resource_type)
+    first_kind, second_kind = (params[code].type for code, _ in param.components)
+    first, second = _component_columns(table, "c1"), _component_columns(table, "c2")
+    if first_kind == "reference":
+        target_type, target_id, _ = parse_reference(parts[0])
+        head = first.c.code == (target_id or parts[0])
+        if target_type:
+            head = and_(head, first.c.system == target_type)
+    else:
+        head = _token_condition(first, parts[0], None)
+    value = parts[1]
+    if second_kind == "token":
+        tail = _token_condition(second, value, None)
+    elif second_kind == "quantity":
+        tail = _quantity_condition(second, value, name)
+    elif second_kind == "date":
+        tail = _date_condition(second.c.low, second.c.high, value, name)
+    else:  # string components hold the normalised text, as idx_string.value does
+        text = table.c.c2_text
+        tail = _string_condition(SimpleNamespace(c=SimpleNamespace(value=text, exact=text)), value, None)
+    return and_(head, tail)
+
+
 def _criterion_condition(resource_type: str, criterion: Criterion, res: Any = resource_table) -> ColumnElement[bool]:
     """The condition on `res` (the resource table or an alias of it) that one criterion imposes."""
     name, modifier = criterion.name, criterion.modifier
@@ -492,6 +532,8 @@ def _criterion_condition(resource_type: str, criterion: Criterion, res: Any = re
             alternatives.append(
                 table.c.value.like(raw.rstrip("/") + "%") if modifier == "below" else table.c.value == raw
             )
+        elif param.type == "composite":
+            alternatives.append(_composite_condition(resource_type, table, param, raw, name))
     matching = select(table.c.res_id).where(owned, or_(*alternatives))
     membership = res.c.res_id.in_(matching)
     return not_(membership) if modifier == "not" else membership
