@@ -28,7 +28,7 @@ from app.store import indexer
 from app.store.bulk import bulk_insert
 from app.store.db import is_sqlite
 from app.store.schema import INDEX_TABLES, Resource, ResourceHistory
-from app.store.search import SearchRequest, compile_count, compile_select
+from app.store.search import IncludeSpec, SearchRequest, compile_count, compile_select
 
 resource_table = Resource.__table__  # type: ignore[attr-defined]
 history_table = ResourceHistory.__table__  # type: ignore[attr-defined]
@@ -268,36 +268,61 @@ def run_search(conn: Connection, request: SearchRequest, *, with_total: bool) ->
     if request.count == 0:
         return SearchPage([], total)
     matches = [_row_to_stored(r) for r in conn.execute(compile_select(request))]
-    included: list[StoredResource] = []
-    if matches and (request.include or request.revinclude):
-        seen = {(r.resource_type, r.id) for r in matches}
-        keys = [k for k in _included_keys(conn, request, [r.id for r in matches]) if k not in seen]
-        included = _read_many(conn, list(dict.fromkeys(keys)))
+    included = _includes(conn, request, matches) if matches and (request.include or request.revinclude) else []
     return SearchPage(matches, total, included)
 
 
-def _included_keys(conn: Connection, request: SearchRequest, ids: list[str]) -> list[tuple[str, str]]:
-    """(type, id) of resources named by _include (referenced by the page) and _revinclude (referring to it)."""
+MAX_INCLUDED = 5_000
+MAX_ITERATIONS = 8
+
+
+def _includes(conn: Connection, request: SearchRequest, matches: list[StoredResource]) -> list[StoredResource]:
+    """Resources named by _include (referenced) and _revinclude (referring), following :iterate specs
+    over what each round added, until nothing new turns up (bounded)."""
+    seen = {(r.resource_type, r.id) for r in matches}
+    frontier = set(seen)
+    specs = request.include_specs()
+    included: list[StoredResource] = []
+    for _round in range(MAX_ITERATIONS):
+        keys = [k for k in dict.fromkeys(_included_keys(conn, specs, frontier)) if k not in seen]
+        if not keys:
+            break
+        found = _read_many(conn, keys[: MAX_INCLUDED - len(included)])
+        included.extend(found)
+        frontier = {(r.resource_type, r.id) for r in found}
+        seen |= frontier
+        specs = [spec for spec in specs if spec.iterate]
+        if not specs or len(included) >= MAX_INCLUDED:
+            break
+    return included
+
+
+def _included_keys(conn: Connection, specs: list[IncludeSpec], frontier: set[tuple[str, str]]) -> list[tuple[str, str]]:
     refs = INDEX_TABLES["reference"]
+    by_type: dict[str, list[str]] = {}
+    for resource_type, res_id in frontier:
+        by_type.setdefault(resource_type, []).append(res_id)
     keys: list[tuple[str, str]] = []
-    for source_type, param, target_type in request.include_specs():
-        statement = select(refs.c.target_type, refs.c.target_id).where(
-            refs.c.res_type == source_type,
-            refs.c.param == param,
-            refs.c.res_id.in_(ids),
-            refs.c.target_id.is_not(None),
-        )
-        if target_type:
-            statement = statement.where(refs.c.target_type == target_type)
-        keys.extend((r.target_type, r.target_id) for r in conn.execute(statement))
-    for source_type, param, _target in request.revinclude_specs():
-        statement = select(refs.c.res_type, refs.c.res_id).where(
-            refs.c.res_type == source_type,
-            refs.c.param == param,
-            refs.c.target_type == request.resource_type,
-            refs.c.target_id.in_(ids),
-        )
-        keys.extend((r.res_type, r.res_id) for r in conn.execute(statement))
+    for spec in specs:
+        if spec.reverse:  # resources of spec.source whose `param` refers to the frontier
+            for target_type, ids in by_type.items():
+                if spec.target and spec.target != target_type:
+                    continue
+                statement = select(refs.c.res_type, refs.c.res_id).where(
+                    refs.c.res_type == spec.source, refs.c.target_type == target_type, refs.c.target_id.in_(ids)
+                )
+                if spec.param != "*":
+                    statement = statement.where(refs.c.param == spec.param)
+                keys.extend((r.res_type, r.res_id) for r in conn.execute(statement))
+        elif spec.source in by_type:  # what the frontier's `param` refers to
+            statement = select(refs.c.target_type, refs.c.target_id).where(
+                refs.c.res_type == spec.source, refs.c.res_id.in_(by_type[spec.source]), refs.c.target_id.is_not(None)
+            )
+            if spec.param != "*":
+                statement = statement.where(refs.c.param == spec.param)
+            if spec.target:
+                statement = statement.where(refs.c.target_type == spec.target)
+            keys.extend((r.target_type, r.target_id) for r in conn.execute(statement))
     return keys
 
 

@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl
 
 from sqlalchemy import ColumnElement, Select, and_, false, func, not_, or_, select, true
 
+from app.fhir import ucum
 from app.fhir.dates import date_range
 from app.fhir.definitions import SearchParameter, resource_types, search_parameters
 from app.fhir.errors import FhirError, Issue, bad_request, not_supported
@@ -97,34 +98,50 @@ class SearchRequest:
     revinclude: list[str] = field(default_factory=list)
     ignored: list[Issue] = field(default_factory=list)  # lenient handling: reported, never silent
 
-    def include_specs(self) -> list[tuple[str, str, str | None]]:
-        return [_include_spec(v) for v in self.include]
-
-    def revinclude_specs(self) -> list[tuple[str, str, str | None]]:
-        return [_include_spec(v) for v in self.revinclude]
-
-
-def _include_spec(value: str) -> tuple[str, str, str | None]:
-    source, param, *target = value.split(":")
-    return source, param, target[0] if target else None
+    def include_specs(self) -> list[IncludeSpec]:
+        return [_include_spec(v, reverse=False) for v in self.include] + [
+            _include_spec(v, reverse=True) for v in self.revinclude
+        ]
 
 
-def _check_include(name: str, value: str, modifier: str, searched_type: str) -> None:
-    """_include=Source:param[:Target] must name a reference parameter of Source (Source = the searched
-    type for _include)."""
-    if modifier:
-        raise not_supported(f"{name}:{modifier} is not supported yet; list each level explicitly.", name)
+@dataclass(frozen=True, slots=True)
+class IncludeSpec:
+    """_include / _revinclude = source:param[:target], param may be `*`; `iterate` follows it repeatedly."""
+
+    source: str
+    param: str
+    target: str | None
+    iterate: bool
+    reverse: bool
+
+
+def _include_spec(value: str, *, reverse: bool) -> IncludeSpec:
+    iterate = value.startswith("iterate:")
+    source, param, *target = value.removeprefix("iterate:").split(":")
+    return IncludeSpec(source, param, target[0] if target else None, iterate, reverse)
+
+
+def _check_include(name: str, value: str, modifier: str, searched_type: str) -> str:
+    """_include=Source:param[:Target] (param may be *) must name a reference parameter of Source; without
+    :iterate, an _include's Source is the searched type. Returns the value as IncludeSpec parses it."""
+    if modifier not in ("", "iterate", "recurse"):
+        raise bad_request(f"{name}:{modifier} is not a modifier of {name}; use :iterate.", name)
     parts = value.split(":")
-    if len(parts) not in (2, 3) or parts[1] == "*":
-        raise bad_request(f"{name}={value!r}: expected SourceType:parameter[:TargetType] (no wildcard).", name)
+    if len(parts) not in (2, 3):
+        raise bad_request(f"{name}={value!r}: expected SourceType:parameter[:TargetType].", name)
     source, param = parts[0], parts[1]
-    if name == "_include" and source != searched_type:
-        raise bad_request(f"_include={value!r} must start with the searched type {searched_type}.", name)
     if source not in resource_types():
         raise bad_request(f"{name}={value!r}: {source!r} is not a resource type.", name)
+    if name == "_include" and not modifier and source != searched_type:
+        raise bad_request(
+            f"_include={value!r} must start with the searched type {searched_type} (or use _include:iterate).", name
+        )
+    if len(parts) == 3 and parts[2] not in resource_types():
+        raise bad_request(f"{name}={value!r}: {parts[2]!r} is not a resource type.", name)
     definition = indexed_parameters(source).get(param)
-    if definition is None or definition.type != "reference":
+    if param != "*" and (definition is None or definition.type != "reference"):
         raise bad_request(f"{name}={value!r}: {param!r} is not a reference search parameter of {source}.", name)
+    return f"iterate:{value}" if modifier else value
 
 
 def _split_values(raw: str) -> tuple[str, ...]:
@@ -274,8 +291,8 @@ def _apply_result_parameter(
     elif name == "_elements":
         request.elements.extend(_split_values(value))
     elif name in ("_include", "_revinclude"):
-        _check_include(name, value, modifier, request.resource_type)
-        (request.include if name == "_include" else request.revinclude).append(value)
+        checked = _check_include(name, value, modifier, request.resource_type)
+        (request.include if name == "_include" else request.revinclude).append(checked)
     elif name in ("_contained", "_containedType"):
         raise not_supported(f"{name} is not supported.", name)
 
@@ -398,11 +415,69 @@ def _reference_condition(table: Any, param: SearchParameter, raw: str, modifier:
     return and_(table.c.target_type == target_type, table.c.target_id == target_id)
 
 
+def _canonical_condition(column: Any, raw: str, conversion: ucum.Conversion, name: str) -> ColumnElement[bool]:
+    """`_number_condition`'s prefix semantics on `column` (canonical values), for a number given in a UCUM unit.
+
+    The searched number, its implicit precision range (100 is [99.5, 100.5)) and the `ap` range are
+    taken in the searched unit, then converted (an increasing map, so bounds stay bounds). Canonical
+    values reached by different units can differ in their last bits, so values within
+    `ucum.RELATIVE_TOLERANCE` of a bound count as equal to it: 4000 /mm3 is not `lt4` 10*3/uL.
+    """
+    prefix, text = _prefix(raw)
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        raise bad_request(f"{name}: {text!r} is not a number.", name) from None
+    if not number.is_finite():
+        raise bad_request(f"{name}: {text!r} is not a number.", name)
+    scale, offset, tolerance = conversion.scale, conversion.offset, ucum.RELATIVE_TOLERANCE
+
+    def at(value: Decimal) -> float:
+        return float(value) * scale + offset
+
+    def below(value: Decimal) -> float:  # the bound, moved down by the tolerance
+        bound = at(value)
+        return bound - abs(bound) * tolerance
+
+    def above(value: Decimal) -> float:
+        bound = at(value)
+        return bound + abs(bound) * tolerance
+
+    exponent = number.as_tuple().exponent
+    half = Decimal(5).scaleb(int(exponent) - 1) if isinstance(exponent, int) else Decimal(0)
+    if prefix == "eq":
+        return and_(column >= below(number - half), column < below(number + half))
+    if prefix == "ne":
+        return or_(column < below(number - half), column >= below(number + half))
+    if prefix == "ap":
+        slack = abs(number) * Decimal("0.1")
+        return and_(column >= below(number - slack), column <= above(number + slack))
+    if prefix in ("gt", "sa"):
+        return column > above(number)
+    if prefix in ("lt", "eb"):
+        return column < below(number)
+    if prefix == "ge":
+        return column >= below(number)
+    if prefix == "le":
+        return column <= above(number)
+    raise bad_request(f"Unknown prefix {prefix!r} in {name}.", name)
+
+
 def _quantity_condition(table: Any, raw: str, name: str) -> ColumnElement[bool]:
+    """`number`, `number|system|code`, `number||code`. With the UCUM system and a convertible code, the
+    comparison is on the canonical form (`app.fhir.ucum`): 3900 pg/mL matches `gt3.7|<ucum>|ng/mL`.
+    Otherwise (no unit, another system, a code UCUM cannot convert) it is on the value and the code as written."""
     number, _, unit_part = raw.partition("|")
+    system, _, code = unit_part.partition("|")
+    if code and system == ucum.UCUM_SYSTEM:
+        conversion = ucum.conversion(code)
+        if conversion is not None:
+            return and_(
+                table.c.canonical_code == conversion.canonical_code,
+                _canonical_condition(table.c.canonical_value, number, conversion, name),
+            )
     condition = _number_condition(table.c.value, number, name)
     if unit_part:
-        system, _, code = unit_part.partition("|")
         if code:
             condition = and_(condition, table.c.code == code)
             if system:
