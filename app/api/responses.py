@@ -64,4 +64,10 @@ def fhir_response(
 
 def reply(request: Request, result: FhirReply) -> Response:
     pretty = request.query_params.get("_pretty") == "true"
+    if result.serialized is not None:
+        if not pretty:
+            return Response(
+                result.serialized, status_code=result.status, headers=result.headers, media_type=FHIR_CONTENT_TYPE
+            )
+        return fhir_response(orjson.loads(result.serialized), result.status, result.headers, pretty)
     return fhir_response(result.body, result.status, result.headers, pretty)

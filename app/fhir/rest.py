@@ -20,7 +20,7 @@ from app.fhir.interactions import InteractionResult
 from app.fhir.searchset import SearchContext, history_bundle, search_bundle
 from app.fhir.validation import check_id, parse_json, require_resource_type, validate_resource
 from app.fhir.validator_pool import INLINE, ValidatorPool
-from app.store.repository import SearchPage, Store, StoredResource, parse_etag
+from app.store.repository import SearchPage, SerializedResource, Store, StoredResource, parse_etag
 from app.store.search import parse_search
 
 
@@ -29,6 +29,7 @@ class FhirReply:
     status: int
     body: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    serialized: bytes | None = None  # the body as stored JSON, when it need not be parsed at all
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,12 @@ class Limits:
     max_page_size: int = 1_000
 
 
-def _version_headers(stored: StoredResource, base_url: str, *, location: bool = False) -> dict[str, str]:
+def _version_headers(
+    stored: StoredResource | SerializedResource, base_url: str, *, location: bool = False
+) -> dict[str, str]:
     headers = {"ETag": stored.etag, "Last-Modified": format_datetime(stored.last_updated, usegmt=True)}
     if location:
-        headers["Location"] = f"{base_url.rstrip('/')}/{stored.location}"
+        headers["Location"] = f"{base_url.rstrip('/')}/{stored.resource_type}/{stored.id}/_history/{stored.version_id}"
     return headers
 
 
@@ -74,11 +77,11 @@ class FhirService:
 
     def read(self, resource_type: str, res_id: str, base_url: str, if_none_match: str | None = None) -> FhirReply:
         _check_type(resource_type, res_id)
-        stored = self.store.read(resource_type, res_id)
+        stored = self.store.read_serialized(resource_type, res_id)
         headers = _version_headers(stored, base_url)
         if if_none_match is not None and parse_etag(if_none_match) == stored.version_id:
             return FhirReply(304, None, headers)
-        return FhirReply(200, stored.content, headers)
+        return FhirReply(200, None, headers, serialized=stored.json)
 
     def vread(self, resource_type: str, res_id: str, version: str, base_url: str) -> FhirReply:
         _check_type(resource_type, res_id)
