@@ -449,7 +449,8 @@ class WriteTransaction:
     # Immediate writes ---------------------------------------------------------------------------
 
     def _current_row(self, resource_type: str, res_id: str) -> Any:
-        self.flush()
+        if (resource_type, res_id) in self._pending_keys:  # created earlier in this transaction, not yet written
+            self.flush()
         statement = select(resource_table).where(
             resource_table.c.res_type == resource_type, resource_table.c.res_id == res_id
         )
