@@ -25,6 +25,7 @@ async def metadata(request: Request, service: ServiceDep, base: BaseDep) -> Resp
 
 
 @router.post("")
+@router.post("/", include_in_schema=False)  # fhirpy and fhirclient post bundles to `[base]/`
 async def transaction_or_batch(request: Request, service: ServiceDep, base: BaseDep, body: BodyDep) -> Response:
     result = await run_in_threadpool(service.process_bundle, body, base, prefer=prefer(request, "return"))
     return reply(request, result)
@@ -80,6 +81,7 @@ async def create(resource_type: str, request: Request, service: ServiceDep, base
         resource_type,
         body,
         base,
+        params=_params(request),
         if_none_exist=request.headers.get("if-none-exist"),
         prefer=prefer(request, "return"),
     )

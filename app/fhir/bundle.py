@@ -18,12 +18,12 @@ from app.fhir import interactions
 from app.fhir.definitions import resource_types
 from app.fhir.errors import FhirError, Issue, bad_request, operation_outcome, precondition_failed
 from app.fhir.interactions import InteractionResult
-from app.fhir.references import rewrite_references
+from app.fhir.references import iter_references, rewrite_references
 from app.fhir.searchset import SearchContext, search_bundle
 from app.fhir.validation import check_id, semantic_issues, validation_issues
 from app.fhir.validator_pool import INLINE, ValidatorPool
 from app.store.repository import Store, WriteTransaction, fhir_instant, new_id, parse_etag
-from app.store.search import parse_search
+from app.store.search import canonical_condition, parse_search
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 MAX_REPORTED_ISSUES = 100
@@ -209,6 +209,7 @@ def _transaction(store: Store, raw_entries: list[Any], options: BundleOptions) -
     model_validation = options.validator.start([e.resource for e in writing if e.resource is not None])
     results: dict[int, dict[str, Any]] = {}
     with store.transaction() as tx:
+        tx.lock_conditions(_conditions(entries))
         id_map = _resolve_identities(tx, entries)
         resolver = _ReferenceResolver(tx, id_map, options.base_url)
         for entry in writing:
@@ -248,6 +249,24 @@ def _validation_issues(writing: list[_Entry], model_issues: list[list[Issue]]) -
     return issues
 
 
+def _conditions(entries: list[_Entry]) -> list[tuple[str, str]]:
+    """Every (type, condition) the bundle will search: ifNoneExist, conditional PUT/DELETE, conditional references."""
+    found: list[tuple[str, str]] = []
+    for entry in entries:
+        if entry.resource_type is None:
+            continue
+        if entry.method == "POST" and entry.if_none_exist:
+            found.append((entry.resource_type, entry.if_none_exist))
+        elif entry.method in ("PUT", "DELETE") and entry.res_id is None and entry.query:
+            found.append((entry.resource_type, entry.query))
+        if entry.resource is not None:
+            for holder, _ in iter_references(entry.resource, ""):
+                target, question, condition = holder["reference"].partition("?")
+                if question and "/" not in target and target in resource_types():
+                    found.append((target, condition))
+    return found
+
+
 def _reject_duplicate_targets(entries: list[_Entry]) -> None:
     seen: dict[tuple[str, str], int] = {}
     for entry in entries:
@@ -274,7 +293,7 @@ def _resolve_identities(tx: WriteTransaction, entries: list[_Entry]) -> dict[str
         if entry.method == "PUT" and entry.res_id:
             entry.target_id = entry.res_id
         elif condition:
-            key = (resource_type, condition)
+            key = (resource_type, canonical_condition(condition))
             if key in conditions:
                 entry.target_id, entry.reuse_existing = conditions[key], entry.method == "POST"
             else:

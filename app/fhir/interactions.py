@@ -36,7 +36,7 @@ def _from_write(result: WriteResult) -> InteractionResult:
 def match_condition(tx: WriteTransaction, resource_type: str, condition: str, where: str) -> list[str]:
     """Ids of the current resources matching a conditional query, under a lock on that condition."""
     request = conditional_request(resource_type, condition, where=where)
-    tx.lock_condition(resource_type, condition)
+    tx.lock_conditions([(resource_type, condition)])
     page = tx.search(request, with_total=False)
     return [r.id for r in page.resources]
 

@@ -182,9 +182,25 @@ class FhirService:
         return FhirReply(result.status, stored.content if stored else None, headers)
 
     def create(
-        self, resource_type: str, raw: bytes, base_url: str, *, if_none_exist: str | None, prefer: str | None
+        self,
+        resource_type: str,
+        raw: bytes,
+        base_url: str,
+        *,
+        if_none_exist: str | None,
+        prefer: str | None,
+        params: list[tuple[str, str]] | None = None,
     ) -> FhirReply:
         _check_type(resource_type)
+        conditions = [name for name, _ in params or [] if name not in ("_format", "_pretty")]
+        if conditions:
+            # Some clients (fhirpy's get_or_create) send a conditional create as query parameters; R4 defines
+            # only the If-None-Exist header. Ignoring them would silently create duplicates.
+            raise bad_request(
+                f"POST {resource_type} takes no search parameters ({', '.join(conditions)}); for a conditional "
+                "create send them in the If-None-Exist header.",
+                conditions[0],
+            )
         resource = self._body(raw, resource_type)
         with self.store.transaction() as tx:
             result = interactions.create(tx, resource_type, resource, if_none_exist=if_none_exist)

@@ -17,6 +17,8 @@ from typing import Any
 
 from app.fhir.dates import date_range
 from app.fhir.definitions import SearchParameter, SearchPath, patient_compartment, search_parameters
+from app.fhir.ucum import UCUM_SYSTEM
+from app.fhir.ucum import conversion as ucum_conversion
 
 # Served from the resource table itself, not from index rows.
 RESOURCE_TABLE_PARAMS = frozenset({"_id", "_lastUpdated"})
@@ -250,6 +252,37 @@ def _reference_row(value: Any) -> Row | None:
     }
 
 
+# ------------------------------------------------------------------------------------------ quantities
+
+
+def _quantity_rows(value: Any) -> list[Row]:
+    """One row per Quantity (Age, Duration, Money, ...); with a UCUM code, also its canonical form, so that
+    searches compare 3900 pg/mL with 3.7 ng/mL. After a code's first use this is a dict look-up and a product."""
+    if not isinstance(value, dict):
+        return []
+    number = value.get("value")
+    if not isinstance(number, int | float) or isinstance(number, bool):
+        return []
+    code = value.get("code") or value.get("currency")
+    system = value.get("system")
+    canonical_value = canonical_code = None
+    if system == UCUM_SYSTEM and isinstance(code, str):
+        conversion = ucum_conversion(code)
+        if conversion is not None:
+            canonical_value = number * conversion.scale + conversion.offset
+            canonical_code = conversion.canonical_code
+    return [
+        {
+            "value": float(number),
+            "system": system,
+            "code": code,
+            "unit": value.get("unit"),
+            "canonical_value": canonical_value,
+            "canonical_code": canonical_code,
+        }
+    ]
+
+
 # ---------------------------------------------------------------------------------------------- entry
 
 
@@ -265,18 +298,7 @@ def _rows_for(kind: str, value: Any, path: SearchPath) -> list[Row]:
     if kind == "date":
         return [{"low": lo, "high": hi} for lo, hi in _date_rows(value, fhir_type)]
     if kind == "quantity":
-        if isinstance(value, dict) and isinstance(value.get("value"), int | float):
-            return [
-                {
-                    "value": float(value["value"]),
-                    "system": value.get("system"),
-                    "code": value.get("code") or value.get("currency"),
-                    "unit": value.get("unit"),
-                    "canonical_value": None,
-                    "canonical_code": None,
-                }
-            ]
-        return []
+        return _quantity_rows(value)
     if kind == "number":
         return [{"value": float(value)}] if isinstance(value, int | float) and not isinstance(value, bool) else []
     if kind == "uri":

@@ -14,21 +14,23 @@ from __future__ import annotations
 import hashlib
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, text, tuple_, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from app.fhir.errors import FhirError, conflict, gone, not_found, precondition_failed
 from app.store import indexer
 from app.store.bulk import bulk_insert
 from app.store.db import is_sqlite
 from app.store.schema import INDEX_TABLES, Resource, ResourceHistory
-from app.store.search import IncludeSpec, SearchRequest, compile_count, compile_select
+from app.store.search import IncludeSpec, SearchRequest, canonical_condition, compile_count, compile_select
+
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
 
 resource_table = Resource.__table__  # type: ignore[attr-defined]
 history_table = ResourceHistory.__table__  # type: ignore[attr-defined]
@@ -295,6 +297,13 @@ class Store:
                     raise conflict(
                         "Another request wrote the same resource at the same moment; nothing was saved. Retry."
                     ) from None
+                except DBAPIError as exc:
+                    if getattr(exc.orig, "sqlstate", None) not in _RETRYABLE_SQLSTATES:
+                        raise
+                    raise conflict(
+                        "This request and a concurrent one locked the same resources in opposite orders; the "
+                        "database cancelled this one and nothing was saved. Retry it."
+                    ) from None
         finally:
             if lock is not None:
                 lock.release()
@@ -398,6 +407,7 @@ class WriteTransaction:
         self._pending_resources: list[dict[str, Any]] = []
         self._pending_index: dict[str, list[dict[str, Any]]] = {}
         self._pending_keys: set[tuple[str, str]] = set()
+        self._held_locks: set[str] = set()
 
     # Buffered creates ---------------------------------------------------------------------------
 
@@ -555,13 +565,20 @@ class WriteTransaction:
             found.update((r.res_type, r.res_id) for r in rows)
         return found
 
-    def lock_condition(self, resource_type: str, condition: str) -> None:
-        """Serialise conditional interactions on the same condition (PostgreSQL; SQLite is already serial)."""
+    def lock_conditions(self, conditions: Iterable[tuple[str, str]]) -> None:
+        """Serialise conditional interactions on the same (type, condition) pairs, on PostgreSQL (SQLite
+        writers are serial already). Conditions are compared in canonical form (decoded, parameters
+        sorted) and locked in a fixed order, so that two bundles naming the same conditions in different
+        orders wait for each other instead of deadlocking. Locks last until the transaction ends."""
         if self._sqlite:
             return
-        digest = hashlib.blake2b(f"{resource_type}?{condition}".encode(), digest_size=8).digest()
-        key = int.from_bytes(digest, "big", signed=True)
-        self.conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        keys = sorted({f"{t}?{canonical_condition(c)}" for t, c in conditions} - self._held_locks)
+        for key in keys:
+            digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+            self.conn.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": int.from_bytes(digest, "big", signed=True)}
+            )
+            self._held_locks.add(key)
 
 
 __all__ = ["FhirError", "SearchPage", "Store", "StoredResource", "WriteResult", "WriteTransaction", "parse_etag"]

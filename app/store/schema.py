@@ -53,7 +53,7 @@ class ResourceHistory(SQLModel, table=True):
     content: dict[str, Any] | None = Field(default=None, sa_column=Column(JsonColumn, nullable=True))
 
 
-def _index_table(name: str, *value_columns: Column[Any], lookup: tuple[str, ...]) -> Table:
+def _index_table(name: str, *value_columns: Column[Any] | Index, lookup: tuple[str, ...]) -> Table:
     """An index table: who (res_type, res_id, patient_id), which parameter, and the indexed values.
 
     No primary key on purpose: rows are replaced wholesale per resource and never addressed singly.
@@ -100,6 +100,7 @@ idx_quantity = _index_table(
     # The same quantity in UCUM base units, so comparisons work across units (filled where convertible).
     Column("canonical_value", Float, nullable=True),
     Column("canonical_code", String(255), nullable=True),
+    Index("ix_idx_quantity_canonical", "res_type", "param", "canonical_code", "canonical_value"),
     lookup=("code", "value"),
 )
 idx_reference = _index_table(

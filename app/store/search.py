@@ -656,6 +656,11 @@ def compile_count(request: SearchRequest) -> Select[Any]:
     return select(func.count()).select_from(resource_table).where(where_clause(request))
 
 
+def canonical_condition(query: str) -> str:
+    """One spelling per condition: decoded, parameters sorted (`b=2&a=1` and `a=1&b=2` are the same)."""
+    return "&".join(f"{k}={v}" for k, v in sorted(parse_qsl(query, keep_blank_values=True)))
+
+
 def conditional_request(resource_type: str, query: str, *, where: str) -> SearchRequest:
     """Parse the query part of a conditional interaction (`identifier=sys|val`); strict, no result params."""
     pairs = parse_qsl(query, keep_blank_values=True)
