@@ -18,7 +18,7 @@ from app.fhir import interactions
 from app.fhir.definitions import resource_types
 from app.fhir.errors import FhirError, Issue, bad_request, operation_outcome, precondition_failed
 from app.fhir.interactions import InteractionResult
-from app.fhir.references import iter_references, rewrite_references
+from app.fhir.references import ReferenceSite, find_references, rewrite_references
 from app.fhir.searchset import SearchContext, search_bundle
 from app.fhir.validation import check_id, semantic_issues, validation_issues
 from app.fhir.validator_pool import INLINE, ValidatorPool
@@ -208,13 +208,13 @@ def _transaction(store: Store, raw_entries: list[Any], options: BundleOptions) -
     # resolves identities, rewrites references and stages the writes; nothing commits until it passed.
     model_validation = options.validator.start([e.resource for e in writing if e.resource is not None])
     results: dict[int, dict[str, Any]] = {}
+    sites = {e.index: find_references(e.resource, f"{e.where}.resource") for e in writing}
     with store.transaction() as tx:
-        tx.lock_conditions(_conditions(entries))
+        tx.lock_conditions(_conditions(entries, sites))
         id_map = _resolve_identities(tx, entries)
         resolver = _ReferenceResolver(tx, id_map, options.base_url)
         for entry in writing:
-            assert entry.resource is not None
-            rewrite_references(entry.resource, f"{entry.where}.resource", resolver)
+            rewrite_references(sites[entry.index], resolver)
         failure: Exception | None = None
         if not resolver.issues:
             try:
@@ -249,7 +249,7 @@ def _validation_issues(writing: list[_Entry], model_issues: list[list[Issue]]) -
     return issues
 
 
-def _conditions(entries: list[_Entry]) -> list[tuple[str, str]]:
+def _conditions(entries: list[_Entry], sites: dict[int, list[ReferenceSite]]) -> list[tuple[str, str]]:
     """Every (type, condition) the bundle will search: ifNoneExist, conditional PUT/DELETE, conditional references."""
     found: list[tuple[str, str]] = []
     for entry in entries:
@@ -259,11 +259,10 @@ def _conditions(entries: list[_Entry]) -> list[tuple[str, str]]:
             found.append((entry.resource_type, entry.if_none_exist))
         elif entry.method in ("PUT", "DELETE") and entry.res_id is None and entry.query:
             found.append((entry.resource_type, entry.query))
-        if entry.resource is not None:
-            for holder, _ in iter_references(entry.resource, ""):
-                target, question, condition = holder["reference"].partition("?")
-                if question and "/" not in target and target in resource_types():
-                    found.append((target, condition))
+        for holder, _ in sites.get(entry.index, ()):
+            target, question, condition = holder["reference"].partition("?")
+            if question and "/" not in target and target in resource_types():
+                found.append((target, condition))
     return found
 
 
@@ -488,7 +487,7 @@ def _batch_entry(store: Store, index: int, raw: Any, options: BundleOptions) -> 
             if entry.resource is not None:
                 resolver = _ReferenceResolver(tx, {}, options.base_url)
                 prefix = f"{entry.where}.resource"
-                rewrite_references(entry.resource, prefix, resolver)
+                rewrite_references(find_references(entry.resource, prefix), resolver)
                 issues = [i.under(prefix) for i in validation_issues(entry.resource)]
                 if resolver.issues or issues:
                     raise FhirError(_rejection_status(resolver.issues), resolver.issues + issues)

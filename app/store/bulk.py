@@ -43,8 +43,16 @@ def bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
     if converters is None:
         converters = _CONVERTERS[key] = _converters(table, sqlite)
     names = [c.name for c in table.columns]
-    pairs = list(zip(names, converters, strict=True))
-    tuples = [tuple(row.get(n) if f is None else f(row.get(n)) for n, f in pairs) for row in rows]
+    converted = [(i, f) for i, f in enumerate(converters) if f is not None]
+    if converted:
+        tuples = []
+        for row in rows:
+            values = list(map(row.get, names))
+            for i, convert in converted:
+                values[i] = convert(values[i])
+            tuples.append(tuple(values))
+    else:
+        tuples = [tuple(map(row.get, names)) for row in rows]
     columns = ", ".join(names)
     if sqlite:
         placeholders = ", ".join("?" for _ in names)

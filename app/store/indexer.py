@@ -54,6 +54,8 @@ class _Composite:
     paths: tuple[SearchPath, ...]
     first: tuple[str, tuple[SearchPath, ...]]
     second: tuple[str, tuple[SearchPath, ...]]
+    # JSON keys that must be present in the resource for this parameter to index anything: cheap pre-check.
+    needs: frozenset[str]
 
 
 COMPOSITE_FIRST = frozenset({"token", "reference"})
@@ -69,7 +71,11 @@ def _composite(resource_type: str, param: SearchParameter) -> _Composite | None:
     if kinds[0] not in COMPOSITE_FIRST or kinds[1] not in COMPOSITE_SECOND or not all(param.component_paths):
         return None
     first, second = param.component_paths
-    return _Composite(param.code, param.paths, (str(kinds[0]), first), (str(kinds[1]), second))
+    # An element path with no keys is the resource itself: then the second component's own key must be there.
+    needs = frozenset(
+        key for path in param.paths for key in ([path.keys[0]] if path.keys else [p.keys[0] for p in second if p.keys])
+    )
+    return _Composite(param.code, param.paths, (str(kinds[0]), first), (str(kinds[1]), second), needs)
 
 
 @cache
@@ -370,7 +376,12 @@ def extract(resource_type: str, res_id: str, resource: dict[str, Any]) -> IndexR
                     ):
                         patient_id = row["target_id"]
     if plan.composites:
-        composite_rows = [row for composite in plan.composites for row in _composite_rows(resource, composite)]
+        composite_rows = [
+            row
+            for composite in plan.composites
+            if not composite.needs.isdisjoint(resource)
+            for row in _composite_rows(resource, composite)
+        ]
         if composite_rows:
             rows["composite"] = composite_rows
     for table_rows in rows.values():
