@@ -37,7 +37,7 @@ def match_condition(tx: WriteTransaction, resource_type: str, condition: str, wh
     """Ids of the current resources matching a conditional query, under a lock on that condition."""
     request = conditional_request(resource_type, condition, where=where)
     tx.lock_conditions([(resource_type, condition)])
-    page = tx.search(request, with_total=False)
+    page = tx.search(request)
     return [r.id for r in page.resources]
 
 

@@ -101,7 +101,7 @@ class FhirService:
             default_count=self.limits.default_page_size,
             max_count=self.limits.max_page_size,
         )
-        page = self.store.search(request, with_total=request.total != "none")
+        page = self.store.search(request)
         return FhirReply(200, search_bundle(SearchContext(base_url, resource_type, params), request, page))
 
     def history(

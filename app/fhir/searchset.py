@@ -20,24 +20,34 @@ class SearchContext:
     params: list[tuple[str, str]]
 
 
-def _page_url(context: SearchContext, offset: int | None, count: int | None) -> str:
-    kept = [(k, v) for k, v in context.params if k not in ("_offset", "_count")]
+def _page_url(context: SearchContext, offset: int | None, count: int | None, page: str | None = None) -> str:
+    kept = [(k, v) for k, v in context.params if k not in ("_offset", "_count", "_page")]
     if count is not None:
         kept.append(("_count", str(count)))
     if offset:
-        kept.append(("_offset", str(offset)))
+        kept.append(("_offset", str(offset)))  # the position, for the previous link and for people reading it
+    if page:
+        kept.append(("_page", page))
     query = urlencode(kept, safe="|,:/")
     return f"{context.base_url.rstrip('/')}/{context.path}" + (f"?{query}" if query else "")
 
 
 def _links(
-    context: SearchContext, offset: int, count: int | None, shown: int, total: int | None
+    context: SearchContext,
+    offset: int,
+    count: int | None,
+    shown: int,
+    total: int | None,
+    next_page: str | None = None,
+    this_page: str | None = None,
 ) -> list[dict[str, str]]:
-    links = [{"relation": "self", "url": _page_url(context, offset, count)}]
+    """self, next and previous. `next_page` (a keyset token) makes next start right after this page's last
+    row whatever changed meanwhile; previous goes back by position."""
+    links = [{"relation": "self", "url": _page_url(context, offset, count, this_page)}]
     if count:
         more = (offset + shown < total) if total is not None else shown == count
         if more:
-            links.append({"relation": "next", "url": _page_url(context, offset + count, count)})
+            links.append({"relation": "next", "url": _page_url(context, offset + count, count, next_page)})
         if offset > 0:
             links.append({"relation": "previous", "url": _page_url(context, max(offset - count, 0), count)})
     return links
@@ -77,7 +87,9 @@ def search_bundle(context: SearchContext, request: SearchRequest, page: SearchPa
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if page.total is not None:
         bundle["total"] = page.total
-    bundle["link"] = _links(context, request.offset, request.count, len(page.resources), page.total)
+    bundle["link"] = _links(
+        context, request.offset, request.count, len(page.resources), page.total, page.next_page, request.page_token
+    )
     entries = [_entry(context.base_url, r, "match", request) for r in page.resources]
     entries += [_entry(context.base_url, r, "include", request) for r in page.included]
     if request.ignored:

@@ -295,7 +295,19 @@ def _quantity_rows(value: Any) -> list[Row]:
 def _rows_for(kind: str, value: Any, path: SearchPath) -> list[Row]:
     fhir_type = path.fhir_type
     if kind == "token":
-        return [{"system": s, "code": c, "text": t} for s, c, t in _token_rows(value, fhir_type)]
+        rows = [{"system": s, "code": c, "text": t} for s, c, t in _token_rows(value, fhir_type)]
+        if fhir_type == "Identifier" and isinstance(value, dict) and value.get("value"):
+            # For `identifier:of-type=typeSystem|typeCode|value`: one row per type coding, under `<param>:of-type`.
+            for coding in (value.get("type") or {}).get("coding", ()):
+                rows.append(
+                    {
+                        "system": coding.get("system"),
+                        "code": f"{coding.get('code')}|{value['value']}",
+                        "text": None,
+                        "param_suffix": ":of-type",
+                    }
+                )
+        return rows
     if kind == "reference":
         row = _reference_row(value)
         return [row] if row is not None and (not path.resolve_types or row["target_type"] in path.resolve_types) else []
@@ -366,7 +378,7 @@ def extract(resource_type: str, res_id: str, resource: dict[str, Any]) -> IndexR
         for code, kind, path in plan.by_first_key.get(key, ()):
             for value in _elements(first, path):
                 for row in _rows_for(kind, value, path):
-                    row["param"] = code
+                    row["param"] = code + row.pop("param_suffix", "")
                     rows.setdefault(kind, []).append(row)
                     if (
                         patient_id is None

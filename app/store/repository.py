@@ -28,7 +28,14 @@ from app.store import indexer
 from app.store.bulk import bulk_insert
 from app.store.db import is_sqlite
 from app.store.schema import INDEX_TABLES, Resource, ResourceHistory
-from app.store.search import IncludeSpec, SearchRequest, canonical_condition, compile_count, compile_select
+from app.store.search import (
+    IncludeSpec,
+    SearchRequest,
+    canonical_condition,
+    compile_count,
+    compile_select,
+    encode_page_token,
+)
 
 _RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
 
@@ -87,6 +94,7 @@ class SearchPage:
     resources: list[StoredResource]
     total: int | None
     included: list[StoredResource] = field(default_factory=list)
+    next_page: str | None = None  # the _page token of the following page, when this one is full
 
 
 def _utc(value: datetime) -> datetime:
@@ -251,9 +259,9 @@ class Store:
         page = rows[offset : offset + count]
         return [StoredResource(t, i, v, lu, c, m) for t, i, v, lu, c, m in page], len(rows)
 
-    def search(self, request: SearchRequest, *, with_total: bool = True) -> SearchPage:
+    def search(self, request: SearchRequest) -> SearchPage:
         with self.engine.connect() as conn:
-            return run_search(conn, request, with_total=with_total)
+            return run_search(conn, request)
 
     def count(self, resource_type: str | None = None) -> int:
         statement = select(func.count()).select_from(resource_table).where(resource_table.c.deleted.is_(False))
@@ -320,13 +328,25 @@ def read_current(conn: Connection, resource_type: str, res_id: str) -> StoredRes
     return _row_to_stored(row)
 
 
-def run_search(conn: Connection, request: SearchRequest, *, with_total: bool) -> SearchPage:
-    total = int(conn.execute(compile_count(request)).scalar_one()) if with_total else None
+def run_search(conn: Connection, request: SearchRequest) -> SearchPage:
+    """One page of matches (plus _include/_revinclude). The total is counted when asked for (`_total=accurate`
+    or `estimate`, `_summary=count`); otherwise it is given only when it comes free, on a last page.
+    Counting every match of a broad search (a lab code over the whole hospital) costs far more than the page."""
+    counted = request.total in ("accurate", "estimate") or request.summary == "count"
+    total = int(conn.execute(compile_count(request)).scalar_one()) if counted else None
     if request.count == 0:
         return SearchPage([], total)
-    matches = [_row_to_stored(r) for r in conn.execute(compile_select(request))]
+    rows = conn.execute(compile_select(request)).all()
+    last_page = request.count is None or len(rows) < request.count
+    if total is None and request.total != "none" and request.page_token is None and last_page:
+        total = request.offset + len(rows)
+    matches = [_row_to_stored(r) for r in rows]
     included = _includes(conn, request, matches) if matches and (request.include or request.revinclude) else []
-    return SearchPage(matches, total, included)
+    next_page = None
+    if request.count and len(rows) == request.count:
+        last = rows[-1]._mapping
+        next_page = encode_page_token([last[f"k{i}"] for i in range(len(request.sort) + 1)])
+    return SearchPage(matches, total, included, next_page)
 
 
 MAX_INCLUDED = 5_000
@@ -546,9 +566,9 @@ class WriteTransaction:
         self.flush()
         return read_current(self.conn, resource_type, res_id)
 
-    def search(self, request: SearchRequest, *, with_total: bool = True) -> SearchPage:
+    def search(self, request: SearchRequest) -> SearchPage:
         self.flush()
-        return run_search(self.conn, request, with_total=with_total)
+        return run_search(self.conn, request)
 
     def exists(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which of these (type, id) pairs exist (not deleted), counting creates still buffered."""

@@ -8,6 +8,7 @@ ignores a criterion returns the wrong cohort.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
 from sqlalchemy import ColumnElement, Select, and_, false, func, not_, or_, select, true
 
 from app.fhir import ucum
@@ -33,6 +35,7 @@ RESULT_PARAMETERS = frozenset(
     {
         "_count",
         "_offset",
+        "_page",
         "_sort",
         "_summary",
         "_total",
@@ -57,7 +60,7 @@ _MODIFIERS = {
     "composite": {"missing"},
 }
 _IMPLEMENTED_MODIFIERS = {
-    "token": {"not", "text", "missing"},
+    "token": {"not", "text", "missing", "of-type"},
     "string": {"exact", "contains", "missing"},
     "date": {"missing"},
     "number": {"missing"},
@@ -90,6 +93,7 @@ class SearchRequest:
     criteria: list[Criterion] = field(default_factory=list)
     count: int | None = None
     offset: int = 0
+    page_token: str | None = None  # _page: where the previous page ended (see compile_select)
     sort: list[tuple[str, bool]] = field(default_factory=list)  # (parameter, descending)
     summary: str | None = None
     total: str | None = None
@@ -250,6 +254,8 @@ def _check_parameter(resource_type: str, known: dict[str, SearchParameter], name
             if not param.targets or modifier in param.targets
             else (f"{name} cannot refer to {modifier}; allowed targets: {', '.join(param.targets)}.")
         )
+    if modifier == "of-type" and not any(path.fhir_type == "Identifier" for path in param.paths):
+        return f"Modifier :of-type applies to identifier parameters; {name!r} is not one."
     if modifier and modifier not in _IMPLEMENTED_MODIFIERS.get(param.type, set()):
         known_here = modifier in _MODIFIERS.get(param.type, set())
         return (
@@ -262,6 +268,9 @@ def _check_parameter(resource_type: str, known: dict[str, SearchParameter], name
 def _apply_result_parameter(
     request: SearchRequest, name: str, modifier: str, value: str, max_count: int, where: str
 ) -> None:
+    if name == "_page":
+        request.page_token = value
+        return
     if name in ("_count", "_offset"):
         try:
             number = int(value)
@@ -384,6 +393,18 @@ def _token_condition(table: Any, raw: str, modifier: str | None) -> ColumnElemen
             return table.c.system == system
         return and_(table.c.system == system, table.c.code == code)
     return table.c.code == raw
+
+
+def _of_type_condition(table: Any, raw: str, name: str) -> ColumnElement[bool]:
+    """`identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|MR|12345`."""
+    parts = raw.split("|")
+    if len(parts) != 3 or not all(parts):
+        raise bad_request(
+            f"{name}:of-type takes system|code|value (the identifier type, then its value); got {raw!r}.",
+            f"{name}:of-type",
+        )
+    system, code, value = parts
+    return and_(table.c.system == system, table.c.code == f"{code}|{value}")
 
 
 def _string_condition(table: Any, raw: str, modifier: str | None) -> ColumnElement[bool]:
@@ -581,7 +602,8 @@ def _criterion_condition(resource_type: str, criterion: Criterion, res: Any = re
     param = indexed_parameters(resource_type)[name]
     # An alias per subquery: nested chains over the same index table must never correlate.
     table = INDEX_TABLES[param.type].alias()
-    owned = and_(table.c.res_type == resource_type, table.c.param == name)
+    indexed_as = f"{name}:of-type" if modifier == "of-type" else name
+    owned = and_(table.c.res_type == resource_type, table.c.param == indexed_as)
 
     if modifier == "missing":
         if criterion.values[0] not in ("true", "false"):
@@ -591,7 +613,9 @@ def _criterion_condition(resource_type: str, criterion: Criterion, res: Any = re
 
     alternatives: list[ColumnElement[bool]] = []
     for raw in criterion.values:
-        if param.type == "token":
+        if param.type == "token" and modifier == "of-type":
+            alternatives.append(_of_type_condition(table, raw, name))
+        elif param.type == "token":
             alternatives.append(_token_condition(table, raw, modifier if modifier != "not" else None))
         elif param.type == "string":
             alternatives.append(_string_condition(table, raw, modifier))
@@ -620,7 +644,15 @@ def where_clause(request: SearchRequest) -> ColumnElement[bool]:
     return and_(*conditions)
 
 
-def _sort_key(resource_type: str, name: str) -> Any:
+_SENTINELS: dict[str, tuple[Any, Any]] = {  # (lowest, highest) of each sort key kind, standing in for NULL
+    "date": (_FAR_PAST, _FAR_FUTURE),
+    "text": ("", "\U0010ffff"),
+    "number": (-1e300, 1e300),
+}
+
+
+def _sort_key(resource_type: str, name: str, descending: bool) -> Any:
+    """The expression a result is ordered by for `name`; a resource without a value sorts last either way."""
     if name == "_id":
         return resource_table.c.res_id
     if name == "_lastUpdated":
@@ -630,23 +662,67 @@ def _sort_key(resource_type: str, name: str) -> Any:
         raise not_supported(f"Cannot sort {resource_type} by {name!r}: not a sortable indexed parameter.", "_sort")
     table = INDEX_TABLES[param.type]
     column = table.c.low if param.type == "date" else table.c.code if param.type == "token" else table.c.value
-    return (
-        select(func.min(column))
+    kind = "date" if param.type == "date" else "number" if param.type in ("number", "quantity") else "text"
+    lowest, highest = _SENTINELS[kind]
+    smallest = (func.max if descending else func.min)(column)
+    value = (
+        select(smallest)
         .where(table.c.res_type == resource_type, table.c.param == name, table.c.res_id == resource_table.c.res_id)
         .scalar_subquery()
     )
+    return func.coalesce(value, lowest if descending else highest)
+
+
+def sort_keys(request: SearchRequest) -> list[tuple[Any, bool]]:
+    """(expression, descending) for each _sort key, then the id: a total order, so pages never overlap."""
+    keys = [(_sort_key(request.resource_type, name, desc), desc) for name, desc in request.sort]
+    return [*keys, (resource_table.c.res_id, False)]
+
+
+def _after(keys: list[tuple[Any, bool]], values: list[Any]) -> ColumnElement[bool]:
+    """Rows strictly after `values` in the order `keys` define (a row-value comparison, spelled out)."""
+    alternatives = []
+    for position, (key, descending) in enumerate(keys):
+        ties = [k == v for (k, _), v in zip(keys[:position], values[:position], strict=True)]
+        alternatives.append(and_(*ties, key < values[position] if descending else key > values[position]))
+    return or_(*alternatives)
+
+
+def encode_page_token(values: Sequence[Any]) -> str:
+    """The sort values of a page's last row, as an opaque `_page` token for the next link."""
+    plain = [{"dt": v.isoformat()} if isinstance(v, datetime) else v for v in values]
+    return base64.urlsafe_b64encode(orjson.dumps(plain)).decode().rstrip("=")
+
+
+def _decode_page_token(token: str, expected: int) -> list[Any]:
+    try:
+        plain = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        values = [datetime.fromisoformat(v["dt"]) if isinstance(v, dict) else v for v in plain]
+    except (ValueError, TypeError, KeyError, orjson.JSONDecodeError):
+        values = []
+    if len(values) != expected:
+        raise bad_request(
+            "The _page token is not one this server issued for this search; follow the links of "
+            "the searchset as given.",
+            "_page",
+        )
+    return values
 
 
 def compile_select(request: SearchRequest) -> Select[Any]:
-    """The ordered, paged SELECT of matching current resources."""
-    statement = select(resource_table).where(where_clause(request))
-    order: list[Any] = []
-    for name, descending in request.sort:
-        key = _sort_key(request.resource_type, name)
-        order.append(key.desc() if descending else key.asc())
-    # A stable tiebreak so that paging never repeats or skips a resource.
-    order.append(resource_table.c.res_id)
-    statement = statement.order_by(*order).offset(request.offset)
+    """The ordered, paged SELECT of matching current resources, with the sort values as columns k0..kn.
+
+    Paging is keyset-based: a `next` link carries the last row's sort values, so a page starts right
+    after them even when resources were created or deleted in between (no repeats, no skips).
+    """
+    keys = sort_keys(request)
+    statement = select(resource_table, *(key.label(f"k{i}") for i, (key, _) in enumerate(keys)))
+    statement = statement.where(where_clause(request))
+    if request.page_token is not None:
+        statement = statement.where(_after(keys, _decode_page_token(request.page_token, len(keys))))
+    else:
+        statement = statement.offset(request.offset)
+    statement = statement.order_by(*(key.desc() if desc else key.asc() for key, desc in keys))
     if request.count is not None:
         statement = statement.limit(request.count)
     return statement
