@@ -16,7 +16,7 @@ _ACCEPTED = ("application/fhir+json", "application/json", "application/json+fhir
 _FORMATS = ("json", "application/json", "application/fhir+json", "application/json+fhir")
 
 
-def negotiate(request: Request) -> None:
+async def negotiate(request: Request) -> None:
     """Refuse (406) a client that wants only what we do not produce (XML, Turtle, other FHIR versions)."""
     requested = request.query_params.get("_format")
     if requested is not None and requested.split(";")[0].strip() not in _FORMATS:

@@ -20,7 +20,7 @@ from app.fhir.interactions import InteractionResult
 from app.fhir.searchset import SearchContext, history_bundle, search_bundle
 from app.fhir.validation import check_id, parse_json, require_resource_type, validate_resource
 from app.fhir.validator_pool import INLINE, ValidatorPool
-from app.store.repository import SearchPage, SerializedResource, Store, StoredResource, parse_etag
+from app.store.repository import ResourceVersion, SearchPage, Store, parse_etag
 from app.store.search import parse_search
 
 
@@ -39,12 +39,10 @@ class Limits:
     max_page_size: int = 1_000
 
 
-def _version_headers(
-    stored: StoredResource | SerializedResource, base_url: str, *, location: bool = False
-) -> dict[str, str]:
+def _version_headers(stored: ResourceVersion, base_url: str, *, location: bool = False) -> dict[str, str]:
     headers = {"ETag": stored.etag, "Last-Modified": format_datetime(stored.last_updated, usegmt=True)}
     if location:
-        headers["Location"] = f"{base_url.rstrip('/')}/{stored.resource_type}/{stored.id}/_history/{stored.version_id}"
+        headers["Location"] = f"{base_url.rstrip('/')}/{stored.location}"
     return headers
 
 

@@ -44,19 +44,13 @@ history_table = ResourceHistory.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
-class StoredResource:
-    """One version of a resource as stored: content carries `id` and `meta.versionId/lastUpdated`."""
+class ResourceVersion:
+    """Which version of which resource, and when it was written."""
 
     resource_type: str
     id: str
     version_id: int
     last_updated: datetime
-    content: dict[str, Any] | None  # None for a deletion
-    method: str = "PUT"
-
-    @property
-    def deleted(self) -> bool:
-        return self.content is None
 
     @property
     def etag(self) -> str:
@@ -68,18 +62,22 @@ class StoredResource:
 
 
 @dataclass(frozen=True, slots=True)
-class SerializedResource:
-    """A current version whose content is still the stored JSON text."""
+class StoredResource(ResourceVersion):
+    """One version as stored: content carries `id` and `meta.versionId/lastUpdated`; None for a deletion."""
 
-    resource_type: str
-    id: str
-    version_id: int
-    last_updated: datetime
-    json: bytes
+    content: dict[str, Any] | None
+    method: str = "PUT"
 
     @property
-    def etag(self) -> str:
-        return f'W/"{self.version_id}"'
+    def deleted(self) -> bool:
+        return self.content is None
+
+
+@dataclass(frozen=True, slots=True)
+class SerializedResource(ResourceVersion):
+    """A current version whose content is still the stored JSON text."""
+
+    json: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,13 +330,14 @@ def run_search(conn: Connection, request: SearchRequest) -> SearchPage:
     """One page of matches (plus _include/_revinclude). The total is counted when asked for (`_total=accurate`
     or `estimate`, `_summary=count`); otherwise it is given only when it comes free, on a last page.
     Counting every match of a broad search (a lab code over the whole hospital) costs far more than the page."""
-    counted = request.total in ("accurate", "estimate") or request.summary == "count"
+    counted = request.total in ("accurate", "estimate") or request.summary == "count" or request.count == 0
     total = int(conn.execute(compile_count(request)).scalar_one()) if counted else None
     if request.count == 0:
         return SearchPage([], total)
     rows = conn.execute(compile_select(request)).all()
     last_page = request.count is None or len(rows) < request.count
-    if total is None and request.total != "none" and request.page_token is None and last_page:
+    # On a last page the total is the page's position plus what it holds (links carry _offset with _page).
+    if total is None and request.total != "none" and last_page:
         total = request.offset + len(rows)
     matches = [_row_to_stored(r) for r in rows]
     included = _includes(conn, request, matches) if matches and (request.include or request.revinclude) else []

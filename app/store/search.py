@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-from sqlalchemy import ColumnElement, Select, and_, false, func, not_, or_, select, true
+from sqlalchemy import ColumnElement, Select, and_, exists, false, func, literal, not_, or_, select, true
 
 from app.fhir import ucum
 from app.fhir.dates import date_range
@@ -583,8 +583,15 @@ def _composite_condition(
     return and_(head, tail)
 
 
-def _criterion_condition(resource_type: str, criterion: Criterion, res: Any = resource_table) -> ColumnElement[bool]:
-    """The condition on `res` (the resource table or an alias of it) that one criterion imposes."""
+def _criterion_condition(
+    resource_type: str, criterion: Criterion, res: Any = resource_table, *, drives: bool = True
+) -> ColumnElement[bool]:
+    """The condition on `res` (the resource table or an alias of it) that one criterion imposes.
+
+    `drives`: as `res_id IN (subquery)`, the form that lets the database start from this criterion's
+    index rows. Otherwise as a correlated `EXISTS`, checked per candidate through the index tables'
+    (res_type, res_id) index: without it SQLite materialises every IN list (all 100,000 rows of a
+    lab code) even when another criterion (one patient's subject) leaves five candidates."""
     name, modifier = criterion.name, criterion.modifier
     if name == "_has":
         return _has_condition(resource_type, criterion, res)
@@ -608,7 +615,7 @@ def _criterion_condition(resource_type: str, criterion: Criterion, res: Any = re
     if modifier == "missing":
         if criterion.values[0] not in ("true", "false"):
             raise bad_request(f"{name}:missing takes true or false.", f"{name}:missing")
-        has_value = res.c.res_id.in_(select(table.c.res_id).where(owned))
+        has_value = _membership(table, owned, res, drives)
         return not_(has_value) if criterion.values[0] == "true" else has_value
 
     alternatives: list[ColumnElement[bool]] = []
@@ -633,14 +640,46 @@ def _criterion_condition(resource_type: str, criterion: Criterion, res: Any = re
             )
         elif param.type == "composite":
             alternatives.append(_composite_condition(resource_type, table, param, raw, name))
-    matching = select(table.c.res_id).where(owned, or_(*alternatives))
-    membership = res.c.res_id.in_(matching)
+    membership = _membership(table, and_(owned, or_(*alternatives)), res, drives)
     return not_(membership) if modifier == "not" else membership
 
 
+def _membership(table: Any, condition: ColumnElement[bool], res: Any, drives: bool) -> ColumnElement[bool]:
+    if drives:
+        return res.c.res_id.in_(select(table.c.res_id).where(condition))
+    return exists(
+        select(literal(1)).where(table.c.res_type == res.c.res_type, table.c.res_id == res.c.res_id, condition)
+    )
+
+
+_SELECTIVITY = {"reference": 1, "token": 2, "composite": 2, "uri": 2, "string": 3}  # others (ranges): 4
+
+
+def _selectivity(resource_type: str, criterion: Criterion) -> int:
+    """A guess at how few rows a criterion selects (lower: fewer), to pick the one that drives the search."""
+    if criterion.name == "_id":
+        return 0
+    if (
+        criterion.name == "_has"
+        or criterion.chain is not None
+        or criterion.modifier in ("not", "missing", "text", "contains")
+    ):
+        return 5
+    param = indexed_parameters(resource_type).get(criterion.name)
+    if param is None:  # _lastUpdated
+        return 4
+    if param.type == "token" and criterion.name == "identifier":
+        return 1
+    return _SELECTIVITY.get(param.type, 4)
+
+
 def where_clause(request: SearchRequest) -> ColumnElement[bool]:
+    """The most selective criterion drives (IN); the others are checked per candidate (EXISTS)."""
     conditions = [resource_table.c.res_type == request.resource_type, resource_table.c.deleted == false()]
-    conditions.extend(_criterion_condition(request.resource_type, c) for c in request.criteria)
+    ranked = sorted(request.criteria, key=lambda c: _selectivity(request.resource_type, c))
+    conditions.extend(
+        _criterion_condition(request.resource_type, c, drives=position == 0) for position, c in enumerate(ranked)
+    )
     return and_(*conditions)
 
 

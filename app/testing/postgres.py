@@ -380,18 +380,9 @@ class PostgresServer:
 
     def stop(self) -> None:
         """Stop the server (``pg_ctl stop -m fast``) and delete its directory; idempotent."""
-        tmpdir = self._tmpdir
-        if tmpdir is None:
+        if self._tmpdir is None:
             return
-        try:
-            self._shutdown()
-        finally:
-            self._remove_tree(tmpdir)
-            self._tmpdir = None
-            _live_servers.discard(self)
-            with _lock:
-                if self._port is not None:
-                    _reserved_ports.discard(self._port)
+        self._shut_down_and_forget()
 
     def __enter__(self) -> PostgresServer:
         self.start()
@@ -601,6 +592,10 @@ class PostgresServer:
             time.sleep(0.05)
 
     def _cleanup_after_failed_start(self) -> None:
+        self._shut_down_and_forget()
+
+    def _shut_down_and_forget(self) -> None:
+        """Stop our postmaster (if any), delete the directory and release the port."""
         tmpdir = self._tmpdir
         try:
             self._shutdown()

@@ -131,9 +131,13 @@ def test_search(server: FHIRServer) -> None:
     assert refused.value.response.json()["issue"][0]["expression"] == ["birthdate"]
 
     # Paging: perform_iter follows the absolute `next` links of each searchset page.
-    pages = list(Patient.where(struct={"family": "nombreux", "_count": "2", "_sort": "_id"}).perform_iter(server))
+    # The server counts every match only when asked (_total=accurate); otherwise only on the last page.
+    counted = {"family": "nombreux", "_count": "2", "_sort": "_id", "_total": "accurate"}
+    pages = list(Patient.where(struct=counted).perform_iter(server))
     assert [len(page.entry) for page in pages] == [2, 2, 1]
     assert all(page.total == 5 for page in pages)
+    lazy = list(Patient.where(struct={"family": "nombreux", "_count": "2"}).perform_iter(server))
+    assert [page.total for page in lazy] == [None, None, 5]
     assert len({e.resource.id for page in pages for e in page.entry}) == 5
 
     # _include through the library's own API: the Observation's subject comes along.

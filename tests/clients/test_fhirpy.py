@@ -24,15 +24,21 @@ LOINC = "http://loinc.org"
 
 
 def patient_body(mrn: str, family: str = "Martin", given: str = "Claire") -> dict[str, Any]:
-    return {"identifier": [{"system": SITE, "value": mrn}], "name": [{"family": family, "given": [given]}],
-            "gender": "female", "birthDate": "1979-04-12"}
+    return {
+        "identifier": [{"system": SITE, "value": mrn}],
+        "name": [{"family": family, "given": [given]}],
+        "gender": "female",
+        "birthDate": "1979-04-12",
+    }
 
 
 def observation_body(value: float) -> dict[str, Any]:
-    return {"status": "final", "code": {"coding": [{"system": LOINC, "code": "6690-2"}]},
-            "effectiveDateTime": "2026-10-10T08:30:00Z",
-            "valueQuantity": {"value": value, "unit": "10*3/uL", "system": "http://unitsofmeasure.org",
-                              "code": "10*3/uL"}}
+    return {
+        "status": "final",
+        "code": {"coding": [{"system": LOINC, "code": "6690-2"}]},
+        "effectiveDateTime": "2026-10-10T08:30:00Z",
+        "valueQuantity": {"value": value, "unit": "10*3/uL", "system": "http://unitsofmeasure.org", "code": "10*3/uL"},
+    }
 
 
 def transaction_bundle() -> tuple[dict[str, Any], str]:
@@ -40,14 +46,27 @@ def transaction_bundle() -> tuple[dict[str, Any], str]:
     patient_url = f"urn:uuid:{uuid.uuid4()}"
     first = {"resourceType": "Observation", **observation_body(4.1), "subject": {"reference": patient_url}}
     second = {"resourceType": "Observation", **observation_body(6.3), "subject": {"reference": patient_url}}
-    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": first,
-         "request": {"method": "POST", "url": "Observation"}},
-        {"fullUrl": patient_url, "resource": {"resourceType": "Patient", **patient_body("TX-1", "Durand")},
-         "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier={SITE}|TX-1"}},
-        {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": second,
-         "request": {"method": "POST", "url": "Observation"}},
-    ]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": first,
+                "request": {"method": "POST", "url": "Observation"},
+            },
+            {
+                "fullUrl": patient_url,
+                "resource": {"resourceType": "Patient", **patient_body("TX-1", "Durand")},
+                "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier={SITE}|TX-1"},
+            },
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": second,
+                "request": {"method": "POST", "url": "Observation"},
+            },
+        ],
+    }
     return bundle, patient_url
 
 
@@ -132,8 +151,11 @@ def test_sync_paging_conditional_create_and_update(live_server: LiveServer) -> N
     updated, created = searchset.update(client.resource("Patient", **patient_body("PAGE-3", family="Renamed")))
     assert created is False and updated.id == existing.id
     assert updated["meta"]["versionId"] == "2" and updated["name"][0]["family"] == "Renamed"
-    fresh, created = client.resources("Patient").search(identifier=f"{SITE}|NEW-1").update(
-        client.resource("Patient", **patient_body("NEW-1")))
+    fresh, created = (
+        client.resources("Patient")
+        .search(identifier=f"{SITE}|NEW-1")
+        .update(client.resource("Patient", **patient_body("NEW-1")))
+    )
     assert created is True and fresh["meta"]["versionId"] == "1"
     assert len(client.resources("Patient").search(identifier=f"{SITE}|NEW-1").fetch()) == 1
 
@@ -246,3 +268,31 @@ async def _async_flow(base_url: str) -> None:
 
 def test_async_crud_search_and_transaction(live_server: LiveServer) -> None:
     asyncio.run(_async_flow(live_server.base_url))
+
+
+def test_sync_chained_reverse_chained_include_and_paging(live_server: LiveServer) -> None:
+    """The search features sponsors' scripts lean on, spelled the fhirpy way."""
+    client = SyncFHIRClient(live_server.base_url)
+    patients = []
+    for number in range(3):
+        patient = client.resource("Patient", **patient_body(f"CHAIN-{number}", family=f"Chain{number}"))
+        patient.save()
+        patients.append(patient)
+    observations = []
+    for number, patient in enumerate(patients):
+        for value in (3.0 + number, 7.0 + number):
+            observation = client.resource("Observation", **observation_body(value), subject=patient.to_reference())
+            observation.save()
+            observations.append(observation)
+
+    chained = client.resources("Observation").search(subject__Patient__identifier=f"{SITE}|CHAIN-1").fetch()
+    assert sorted(o.id for o in chained) == sorted(o.id for o in observations[2:4])
+    low_counts = client.resources("Patient").has("Observation", "subject", value_quantity="lt4").fetch()
+    assert [p.id for p in low_counts] == [patients[0].id]
+
+    searchset = client.resources("Observation").search(code=f"{LOINC}|6690-2").include("Observation", "subject")
+    raw = searchset.limit(4).fetch_raw()
+    modes = [e["search"]["mode"] for e in raw["entry"]]
+    assert modes.count("match") == 4 and modes.count("include") >= 2
+    everything = client.resources("Observation").search(code=f"{LOINC}|6690-2").limit(4).fetch_all()
+    assert sorted(o.id for o in everything) == sorted(o.id for o in observations)
