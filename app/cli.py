@@ -26,10 +26,32 @@ def _serve(args: argparse.Namespace) -> int:
         f"(database: {settings.database_url.split('@')[-1]})",
         file=sys.stderr,
     )
-    uvicorn.run(
-        create_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log
-    )
+    options = {"host": args.host, "port": args.port, "log_level": args.log_level, "access_log": args.access_log}
+    if args.workers <= 1:
+        uvicorn.run(create_app(settings), **options)
+        return 0
+    # Several worker processes (stateless replicas sharing the database): migrate and load the demo once,
+    # here, so that the workers do not race to create tables; each worker builds its app from the environment.
+    _prepare_database(settings)
+    os.environ["TRIALBRIDGE_DATABASE_URL"] = settings.database_url
+    if settings.validation_workers is not None:
+        os.environ["TRIALBRIDGE_VALIDATION_WORKERS"] = str(settings.validation_workers)
+    uvicorn.run("app.main:create_app", factory=True, workers=args.workers, **options)
     return 0
+
+
+def _prepare_database(settings: Settings) -> None:
+    from app.demo import load_demo
+    from app.store.db import make_engine, migrate
+    from app.store.repository import Store
+
+    engine = make_engine(settings.database_url)
+    try:
+        migrate(engine)
+        if settings.load_demo:
+            load_demo(Store(engine), settings.fixtures_dir)
+    finally:
+        engine.dispose()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         default=None,
         help="processes validating large bundles (default: one per core; 0: inline)",
+    )
+    serve.add_argument(
+        "--workers", type=int, default=1, help="server processes sharing the database (default 1); e.g. one per core"
     )
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--no-access-log", dest="access_log", action="store_false")

@@ -46,6 +46,10 @@ end
 """
 
 
+def effective(index: int, rng: random.Random) -> str:
+    return f"202{4 + index % 2}-{1 + index % 12:02d}-{1 + rng.randint(0, 27):02d}T08:00:00Z"
+
+
 def load(url: str, patients: int, per_patient: int) -> float:
     """Write the population through WriteTransaction (indexing included); returns resources/s."""
     rng = random.Random(7)
@@ -76,7 +80,7 @@ def load(url: str, patients: int, per_patient: int) -> float:
                             "status": "final",
                             "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
                             "subject": {"reference": f"Patient/{pid}"},
-                            "effectiveDateTime": f"202{4 + o % 2}-{1 + o % 12:02d}-{1 + rng.randint(0, 27):02d}T08:00:00Z",
+                            "effectiveDateTime": effective(o, rng),
                             "valueQuantity": {
                                 "value": round(rng.uniform(low, high), 2),
                                 "unit": unit,
@@ -166,12 +170,18 @@ def run(backend: str, args: argparse.Namespace) -> None:
             print(f"{'search':<36}{'median ms':>10}{'p95 ms':>9}{'entries':>9}")
             for name, (median, p95, size) in latencies(server.base_url, args.patients, args.rounds).items():
                 print(f"{name:<36}{median:>10.1f}{p95:>9.1f}{size:>9}")
-            print(
-                f"reads/s, 32 connections (wrk, {args.seconds}s): "
-                f"{reads_per_second(server.base_url, args.patients, args.seconds):,.0f}"
-            )
+            one = reads_per_second(server.base_url, args.patients, args.seconds)
         finally:
             stop_live_server(server)
+        server = start_live_server(url, Path(tmp) / "server2.log", "--workers", "2")
+        try:
+            two = reads_per_second(server.base_url, args.patients, args.seconds)
+        finally:
+            stop_live_server(server)
+        print(
+            f"reads/s, 32 connections (wrk, {args.seconds}s): {one:,.0f} with one server process, "
+            f"{two:,.0f} with --workers 2"
+        )
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, text, tuple_, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from app.fhir.errors import FhirError, conflict, gone, not_found, precondition_failed
@@ -146,12 +146,20 @@ class Store:
         """
         raw = self.engine.raw_connection()
         try:
-            cursor = raw.cursor()
-            cursor.execute(self._read_sql, (resource_type, res_id))
-            row = cursor.fetchone()
-            cursor.close()
-            if not self._sqlite:
-                raw.rollback()  # end the implicit read transaction before the connection goes back
+            if self._sqlite:
+                cursor = raw.cursor()
+                cursor.execute(self._read_sql, (resource_type, res_id))
+                row = cursor.fetchone()
+                cursor.close()
+            else:
+                # Autocommit for this one statement: no BEGIN, and no ROLLBACK when the connection goes
+                # back to the pool. One round trip instead of three.
+                driver = raw.driver_connection
+                driver.autocommit = True
+                try:
+                    row = driver.execute(self._read_sql, (resource_type, res_id)).fetchone()
+                finally:
+                    driver.autocommit = False
         finally:
             raw.close()
         if row is None:
@@ -375,9 +383,7 @@ def _includes(conn: Connection, request: SearchRequest, matches: list[StoredReso
 
 def _included_keys(conn: Connection, specs: list[IncludeSpec], frontier: set[tuple[str, str]]) -> list[tuple[str, str]]:
     refs = INDEX_TABLES["reference"]
-    by_type: dict[str, list[str]] = {}
-    for resource_type, res_id in frontier:
-        by_type.setdefault(resource_type, []).append(res_id)
+    by_type = _by_type(frontier)
     keys: list[tuple[str, str]] = []
     for spec in specs:
         if spec.reverse:  # resources of spec.source whose `param` refers to the frontier
@@ -402,17 +408,27 @@ def _included_keys(conn: Connection, specs: list[IncludeSpec], frontier: set[tup
     return keys
 
 
+def _by_type(keys: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for resource_type, res_id in keys:
+        grouped.setdefault(resource_type, []).append(res_id)
+    return grouped
+
+
 def _read_many(conn: Connection, keys: list[tuple[str, str]]) -> list[StoredResource]:
+    """Current versions of these (type, id) pairs. One `res_type = ? AND res_id IN (...)` per type: SQLite
+    does not use the primary key for a row-value IN over (res_type, res_id) and scans the table instead."""
     found: list[StoredResource] = []
-    for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
-        rows = conn.execute(
-            select(resource_table).where(
-                tuple_(resource_table.c.res_type, resource_table.c.res_id).in_(chunk),
-                resource_table.c.deleted.is_(False),
+    for resource_type, ids in _by_type(keys).items():
+        for start in range(0, len(ids), 500):
+            rows = conn.execute(
+                select(resource_table).where(
+                    resource_table.c.res_type == resource_type,
+                    resource_table.c.res_id.in_(ids[start : start + 500]),
+                    resource_table.c.deleted.is_(False),
+                )
             )
-        )
-        found.extend(_row_to_stored(r) for r in rows)
+            found.extend(_row_to_stored(r) for r in rows)
     return found
 
 
@@ -568,21 +584,6 @@ class WriteTransaction:
     def search(self, request: SearchRequest) -> SearchPage:
         self.flush()
         return run_search(self.conn, request)
-
-    def exists(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-        """Which of these (type, id) pairs exist (not deleted), counting creates still buffered."""
-        found = {k for k in keys if k in self._pending_keys}
-        rest = [k for k in keys if k not in found]
-        for start in range(0, len(rest), 500):
-            chunk = rest[start : start + 500]
-            rows = self.conn.execute(
-                select(resource_table.c.res_type, resource_table.c.res_id).where(
-                    tuple_(resource_table.c.res_type, resource_table.c.res_id).in_(chunk),
-                    resource_table.c.deleted.is_(False),
-                )
-            )
-            found.update((r.res_type, r.res_id) for r in rows)
-        return found
 
     def lock_conditions(self, conditions: Iterable[tuple[str, str]]) -> None:
         """Serialise conditional interactions on the same (type, condition) pairs, on PostgreSQL (SQLite

@@ -48,3 +48,23 @@ def test_serve_demo_loads_fixtures_idempotently(database_url: str, tmp_path: Pat
         assert patients["total"] == 6
         assert observations["total"] == 24
         assert history["total"] == 1, "reloading the demo must not write new versions"
+
+
+def test_serve_with_two_worker_processes(database_url: str, tmp_path: Path) -> None:
+    """`--workers 2`: migrations and the demo run once in the parent; both workers answer from one database."""
+    server = start_live_server(database_url, tmp_path / "server.log", "--workers", "2", "--demo")
+    try:
+        with httpx.Client(base_url=server.base_url) as client:
+            created = client.post(
+                "/Patient",
+                json={"resourceType": "Patient", "gender": "other"},
+                headers={"Content-Type": "application/fhir+json"},
+            )
+            assert created.status_code == 201
+            new_id = created.json()["id"]
+            # Several requests: with two processes, both take some of them; every one sees the same data.
+            for _ in range(20):
+                assert client.get(f"/Patient/{new_id}").status_code == 200
+            assert client.get("/Patient", params={"_summary": "count"}).json()["total"] == 7
+    finally:
+        stop_live_server(server)
