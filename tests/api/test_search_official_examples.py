@@ -51,6 +51,17 @@ def names(patient: Resource) -> list[str]:
     return [p.lower() for p in parts if p]
 
 
+def reaches_2013(observation: Resource) -> bool:
+    """Does the effective[x] range reach into 2013 or later? A Period without an end is open-ended."""
+    for key in ("effectiveDateTime", "effectiveInstant"):
+        if isinstance(observation.get(key), str):
+            return bool(observation[key][:4] >= "2013")
+    period = observation.get("effectivePeriod")
+    if isinstance(period, dict):
+        return "end" not in period or bool(period["end"][:4] >= "2013")
+    return False
+
+
 # (resource type, query, the naive predicate that says which examples match)
 CASES: list[tuple[str, dict[str, str], Callable[[Resource], bool]]] = [
     (
@@ -73,10 +84,7 @@ CASES: list[tuple[str, dict[str, str], Callable[[Resource], bool]]] = [
     (
         "Observation",
         {"date": "ge2013"},
-        lambda r: (
-            any(str(v)[:4] >= "2013" for k, v in r.items() if k.startswith("effective") and isinstance(v, str))
-            or str((r.get("effectivePeriod") or {}).get("end", "0"))[:4] >= "2013"
-        ),
+        lambda r: reaches_2013(r),
     ),
     ("Patient", {"family": "chalmers"}, lambda r: any(n.startswith("chalmers") for n in names(r))),
     ("Patient", {"name": "pet"}, lambda r: any(n.startswith("pet") for n in names(r))),
