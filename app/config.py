@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _known_backend(cls, url: str) -> str:
-        if not url.startswith(("sqlite", "postgresql")):
+        if not url.startswith(("sqlite", "postgresql", "postgres://")):
             raise ValueError(f"unsupported database URL {url.split(':', 1)[0]!r}: use sqlite:/// or postgresql://")
         if url.startswith("postgresql://") or url.startswith("postgres://"):
             # SQLAlchemy would pick psycopg2, which we do not ship; psycopg 3 is the driver.

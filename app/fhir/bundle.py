@@ -10,6 +10,9 @@ response or OperationOutcome.
 
 from __future__ import annotations
 
+import logging
+import re
+import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -24,6 +27,8 @@ from app.fhir.validation import check_id, semantic_issues, validation_issues
 from app.fhir.validator_pool import INLINE, ValidatorPool
 from app.store.repository import Store, WriteTransaction, fhir_instant, new_id, parse_etag
 from app.store.search import canonical_condition, parse_search
+
+log = logging.getLogger("trialbridge.bundle")
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 MAX_REPORTED_ISSUES = 100
@@ -106,7 +111,7 @@ def _parse_entry(index: int, raw: Any, options: BundleOptions) -> _Entry:
             "required",
         )
     method = request.get("method")
-    if method not in _ORDER:
+    if not isinstance(method, str) or method not in _ORDER:
         raise bad_request(
             f"request.method {method!r} is not one of GET, HEAD, POST, PUT, PATCH, DELETE.",
             f"{where}.request.method",
@@ -129,6 +134,11 @@ def _parse_entry(index: int, raw: Any, options: BundleOptions) -> _Entry:
     path, query = _relative(url, options.base_url)
     segments = [s for s in path.split("/") if s]
     resource_type = segments[0] if segments else None
+    if resource_type is None:
+        raise bad_request(
+            f"request.url {url!r} names no resource type (e.g. Patient, Patient/1, Patient?x=y).",
+            f"{where}.request.url",
+        )
     if resource_type is not None and resource_type not in resource_types():
         raise bad_request(
             f"request.url {url!r} does not start with a FHIR R4 resource type.", f"{where}.request.url", "not-supported"
@@ -137,7 +147,11 @@ def _parse_entry(index: int, raw: Any, options: BundleOptions) -> _Entry:
     if res_id is not None:
         check_id(res_id, f"{where}.request.url")
     version = None
-    if len(segments) == 4 and segments[2] == "_history" and segments[3].isdigit():
+    if len(segments) == 4 and segments[2] == "_history" and re.fullmatch(r"[0-9]{1,9}", segments[3]):
+        if method != "GET":
+            raise bad_request(
+                f"{method} cannot target a version ({url!r}); use {segments[0]}/{segments[1]}.", f"{where}.request.url"
+            )
         version = int(segments[3])
     elif len(segments) > 2 or (len(segments) == 2 and res_id is None and method != "GET"):
         raise bad_request(f"request.url {url!r} is not a URL this entry's method can use.", f"{where}.request.url")
@@ -170,6 +184,9 @@ def _parse_entry(index: int, raw: Any, options: BundleOptions) -> _Entry:
         if_match = parse_etag(str(request["ifMatch"]))
         if if_match is None:
             raise bad_request(f'ifMatch {request["ifMatch"]!r} is not an ETag like W/"3".', f"{where}.request.ifMatch")
+    for field_name in ("ifNoneExist", "ifMatch", "ifNoneMatch", "ifModifiedSince"):
+        if request.get(field_name) is not None and not isinstance(request[field_name], str):
+            raise bad_request(f"request.{field_name} must be a string.", f"{where}.request.{field_name}")
     full_url = raw.get("fullUrl") if isinstance(raw.get("fullUrl"), str) else None
     return _Entry(
         index,
@@ -497,3 +514,10 @@ def _batch_entry(store: Store, index: int, raw: Any, options: BundleOptions) -> 
                 raise _at_entry(exc, entry) from None
     except FhirError as exc:
         return {"response": {"status": str(exc.status), "outcome": exc.outcome()}}
+    except Exception:  # one entry's failure must not take down the others (already committed)
+        incident = uuid.uuid4().hex[:12]
+        log.exception("batch entry %d failed, incident %s", index, incident)
+        outcome = operation_outcome(
+            [Issue("exception", f"Internal error in this entry (incident {incident}).", (f"Bundle.entry[{index}]",))]
+        )
+        return {"response": {"status": "500", "outcome": outcome}}

@@ -29,6 +29,12 @@ def check_invariants(resource: dict[str, Any]) -> list[Issue]:
 def _walk(node: Any, path: str, contained_ids: set[Any], issues: list[Issue]) -> None:
     if isinstance(node, list):
         for index, item in enumerate(node):
+            if item is None:
+                issues.append(
+                    Issue(
+                        "structure", f"{path}[{index}] is null: FHIR JSON arrays hold no nulls.", (f"{path}[{index}]",)
+                    )
+                )
             _walk(item, f"{path}[{index}]", contained_ids, issues)
         return
     if not isinstance(node, dict):
@@ -71,7 +77,11 @@ def _walk(node: Any, path: str, contained_ids: set[Any], issues: list[Issue]) ->
             )
         )
     for key, child in node.items():
-        if key != "contained" and isinstance(child, dict | list):
+        if child is None:
+            issues.append(
+                Issue("structure", f"{path}.{key} is null: FHIR JSON leaves empty elements out.", (f"{path}.{key}",))
+            )
+        elif key != "contained" and isinstance(child, dict | list):
             _walk(child, f"{path}.{key}", contained_ids, issues)
 
 

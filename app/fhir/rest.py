@@ -6,6 +6,7 @@ web framework: the routes in `app.api.fhir` only read the request and hand over 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import format_datetime
@@ -83,7 +84,7 @@ class FhirService:
 
     def vread(self, resource_type: str, res_id: str, version: str, base_url: str) -> FhirReply:
         _check_type(resource_type, res_id)
-        if not version.isdigit():
+        if not re.fullmatch(r"[0-9]{1,9}", version):
             raise not_found(f"Version {version!r} of {resource_type}/{res_id}: versions are whole numbers.")
         stored = self.store.vread(resource_type, res_id, int(version))
         return FhirReply(200, stored.content, _version_headers(stored, base_url))
@@ -116,7 +117,7 @@ class FhirService:
                     raise bad_request(f"_since must be an instant like 2024-03-01T00:00:00Z; got {value!r}.", "_since")
                 since = bounds[0]
             elif name in ("_count", "_offset"):
-                if not value.isdigit():
+                if not re.fullmatch(r"[0-9]{1,9}", value):
                     raise bad_request(f"{name} must be a non-negative whole number.", name)
                 if name == "_count":
                     count = min(int(value), self.limits.max_page_size)

@@ -45,6 +45,10 @@ def parse_json(body: bytes, what: str = "request body") -> Any:
     """Parse a JSON body; malformed JSON is a 400 naming the line and column."""
     if not body.strip():
         raise bad_request(f"The {what} is empty: send a FHIR JSON resource.", code="required")
+    if b"\\u0000" in body:
+        raise bad_request(
+            f"The {what} contains a NUL character (\\u0000), which FHIR strings cannot hold.", code="structure"
+        )
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -116,7 +120,18 @@ def model_issues(resource: dict[str, Any]) -> list[Issue]:
     """
     resource_type = resource["resourceType"]
     try:
-        model_class(resource_type).model_validate(resource)
+        model = model_class(resource_type)
+    except ValueError:  # 18 R4 types (the MedicinalProduct* and Substance* families, ...) have no R4B model
+        return [
+            Issue(
+                "not-supported",
+                f"{resource_type} cannot be validated by this server (fhir.resources has "
+                "no R4B model for it), so it is not accepted.",
+                (resource_type,),
+            )
+        ]
+    try:
+        model.model_validate(resource)
     except ValidationError as exc:
         return _issues_from_pydantic(resource_type, exc)
     return []

@@ -11,12 +11,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import psycopg
 from sqlalchemy import JSON, Connection, DateTime, Table
+
+from app.fhir.errors import conflict, unprocessable
 
 
 def _sqlite_datetime(value: datetime) -> str:
     # SQLAlchemy's SQLite DateTime storage format (UTC here); it compares these strings in searches.
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    v = value.astimezone(UTC)
+    return f"{v.year:04d}-{v.month:02d}-{v.day:02d} {v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
 
 
 def _converters(table: Table, sqlite: bool) -> list[Any]:
@@ -60,6 +64,13 @@ def bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
         return
     raw = conn.connection.driver_connection
     assert raw is not None
-    with raw.cursor() as cursor, cursor.copy(f"COPY {table.name} ({columns}) FROM STDIN") as copy:
-        for values in tuples:
-            copy.write_row(values)
+    try:
+        with raw.cursor() as cursor, cursor.copy(f"COPY {table.name} ({columns}) FROM STDIN") as copy:
+            for values in tuples:
+                copy.write_row(values)
+    except psycopg.errors.UniqueViolation:
+        raise conflict(
+            "Another request created the same resource at the same moment; nothing was saved. Retry."
+        ) from None
+    except psycopg.DataError as exc:  # a value PostgreSQL refuses (too long for an index column, ...)
+        raise unprocessable(f"A value cannot be stored: {exc.diag.message_primary}.") from None

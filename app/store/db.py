@@ -37,7 +37,9 @@ def make_engine(url: str) -> Engine:
         return engine
     # No pre-ping: it costs a round trip per checkout (a third of a read). A connection the server dropped
     # fails one request and is discarded by the pool; recycling bounds how stale a connection gets.
-    return create_engine(url, pool_size=40, max_overflow=10, pool_recycle=1800, **common)
+    return create_engine(
+        url, pool_size=40, max_overflow=10, pool_recycle=1800, connect_args={"options": "-c timezone=UTC"}, **common
+    )
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -222,7 +222,7 @@ def parse_reference(reference: str) -> tuple[str | None, str | None, str | None]
     if len(parts) >= 4 and parts[-2] == "_history":
         version = parts[-1]
         parts = parts[:-2]
-    if len(parts) >= 2 and parts[-2][:1].isupper():
+    if len(parts) >= 2 and parts[-2][:1].isupper() and 0 < len(parts[-1]) <= 64 and len(parts[-2]) <= 64:
         return parts[-2], parts[-1], version
     return None, None, None
 

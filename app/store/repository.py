@@ -12,6 +12,7 @@ so two clients racing the same `ifNoneExist` cannot both create.
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -96,7 +97,8 @@ class SearchPage:
 
 
 def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    """UTC with `datetime.UTC` as tzinfo, whatever zone the driver attached (psycopg uses the server's)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def fhir_instant(value: datetime) -> str:
@@ -122,7 +124,7 @@ def _row_to_stored(row: Any, method: str = "PUT") -> StoredResource:
 def parse_etag(value: str) -> int | None:
     """'W/"3"' or '"3"' or '3' -> 3; anything else -> None."""
     cleaned = value.strip().removeprefix("W/").strip('"')
-    return int(cleaned) if cleaned.isdigit() else None
+    return int(cleaned) if re.fullmatch(r"[0-9]{1,9}", cleaned) else None
 
 
 class Store:
@@ -352,7 +354,7 @@ def run_search(conn: Connection, request: SearchRequest) -> SearchPage:
     next_page = None
     if request.count and len(rows) == request.count:
         last = rows[-1]._mapping
-        next_page = encode_page_token([last[f"k{i}"] for i in range(len(request.sort) + 1)])
+        next_page = encode_page_token(request, [last[f"k{i}"] for i in range(len(request.sort) + 1)])
     return SearchPage(matches, total, included, next_page)
 
 

@@ -239,7 +239,7 @@ def _check_parameter(resource_type: str, known: dict[str, SearchParameter], name
     if name in ("_id", "_lastUpdated"):
         return (
             None
-            if modifier in ("", "missing", "not") or (name == "_lastUpdated" and not modifier)
+            if (modifier in ("", "missing", "not") if name == "_id" else not modifier)
             else (f"Modifier :{modifier} is not supported on {name}.")
         )
     param = known.get(name)
@@ -273,7 +273,7 @@ def _apply_result_parameter(
         return
     if name in ("_count", "_offset"):
         try:
-            number = int(value)
+            number = int(value) if re.fullmatch(r"[0-9]{1,9}", value) else -1
             if number < 0:
                 raise ValueError
         except ValueError:
@@ -348,7 +348,8 @@ def _date_condition(low: Any, high: Any, raw: str, name: str) -> ColumnElement[b
     value_low, value_high = bounds
     if prefix == "ap":  # approximately: widen by 10 % of the distance from now, at least a day
         slack = max(abs(datetime.now(UTC) - value_low) * 0.1, timedelta(days=1))
-        value_low, value_high = value_low - slack, value_high + slack
+        value_low = value_low - slack if value_low - _FAR_PAST > slack else _FAR_PAST
+        value_high = value_high + slack if _FAR_FUTURE - value_high > slack else _FAR_FUTURE
     return _range_condition(
         prefix, func.coalesce(low, _FAR_PAST), func.coalesce(high, _FAR_FUTURE), value_low, value_high, name
     )
@@ -358,8 +359,10 @@ def _number_condition(column: Any, raw: str, name: str) -> ColumnElement[bool]:
     prefix, text = _prefix(raw)
     try:
         number = Decimal(text)
+        if not number.is_finite() or abs(number.adjusted()) > 300:
+            raise InvalidOperation
     except InvalidOperation:
-        raise bad_request(f"{name}: {text!r} is not a number.", name) from None
+        raise bad_request(f"{name}: {text!r} is not a (finite, reasonably sized) number.", name) from None
     # Implicit precision: 100 means [99.5, 100.5); 1e2 means [50, 150).
     exponent = number.as_tuple().exponent
     half = Decimal(5).scaleb(int(exponent) - 1) if isinstance(exponent, int) else Decimal(0)
@@ -384,7 +387,7 @@ def _number_condition(column: Any, raw: str, name: str) -> ColumnElement[bool]:
 
 def _token_condition(table: Any, raw: str, modifier: str | None) -> ColumnElement[bool]:
     if modifier == "text":
-        return table.c.text.like(normalize_text(raw) + "%")
+        return table.c.text.like(_like_prefix(normalize_text(raw)) + "%", escape="\\")
     if "|" in raw:
         system, _, code = raw.partition("|")
         if not system:
@@ -407,10 +410,15 @@ def _of_type_condition(table: Any, raw: str, name: str) -> ColumnElement[bool]:
     return and_(table.c.system == system, table.c.code == f"{code}|{value}")
 
 
+def _like_prefix(text: str) -> str:
+    """`text` as a literal LIKE prefix: its own %, _ and \\ escaped."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def _string_condition(table: Any, raw: str, modifier: str | None) -> ColumnElement[bool]:
     if modifier == "exact":
         return table.c.exact == raw
-    needle = normalize_text(raw).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    needle = _like_prefix(normalize_text(raw))
     if modifier == "contains":
         return table.c.value.like(f"%{needle}%", escape="\\")
     return table.c.value.like(f"{needle}%", escape="\\")
@@ -636,7 +644,12 @@ def _criterion_condition(
             alternatives.append(_reference_condition(table, param, raw, modifier))
         elif param.type == "uri":
             alternatives.append(
-                table.c.value.like(raw.rstrip("/") + "%") if modifier == "below" else table.c.value == raw
+                or_(
+                    table.c.value == raw.rstrip("/"),
+                    table.c.value.like(_like_prefix(raw.rstrip("/")) + "/%", escape="\\"),
+                )
+                if modifier == "below"
+                else table.c.value == raw
             )
         elif param.type == "composite":
             alternatives.append(_composite_condition(resource_type, table, param, raw, name))
@@ -727,16 +740,28 @@ def _after(keys: list[tuple[Any, bool]], values: list[Any]) -> ColumnElement[boo
     return or_(*alternatives)
 
 
-def encode_page_token(values: Sequence[Any]) -> str:
-    """The sort values of a page's last row, as an opaque `_page` token for the next link."""
+def _sort_signature(request: SearchRequest) -> str:
+    return ",".join(f"{'-' if desc else ''}{name}" for name, desc in request.sort)
+
+
+def encode_page_token(request: SearchRequest, values: Sequence[Any]) -> str:
+    """The sort values of a page's last row (and the sort they belong to), as an opaque `_page` token."""
     plain = [{"dt": v.isoformat()} if isinstance(v, datetime) else v for v in values]
-    return base64.urlsafe_b64encode(orjson.dumps(plain)).decode().rstrip("=")
+    return (
+        base64.urlsafe_b64encode(orjson.dumps({"sort": _sort_signature(request), "after": plain})).decode().rstrip("=")
+    )
 
 
-def _decode_page_token(token: str, expected: int) -> list[Any]:
+def _decode_page_token(request: SearchRequest, token: str, expected: int) -> list[Any]:
     try:
         plain = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        values = [datetime.fromisoformat(v["dt"]) if isinstance(v, dict) else v for v in plain]
+        if plain["sort"] != _sort_signature(request):
+            raise ValueError("token from another sort order")
+        values = [datetime.fromisoformat(v["dt"]) if isinstance(v, dict) else v for v in plain["after"]]
+        if not all(isinstance(v, str | int | float | datetime) and not isinstance(v, bool) for v in values):
+            raise ValueError("not a sort value")
+        if values and not isinstance(values[-1], str):
+            raise ValueError("the last value is an id")
     except (ValueError, TypeError, KeyError, orjson.JSONDecodeError):
         values = []
     if len(values) != expected:
@@ -758,7 +783,7 @@ def compile_select(request: SearchRequest) -> Select[Any]:
     statement = select(resource_table, *(key.label(f"k{i}") for i, (key, _) in enumerate(keys)))
     statement = statement.where(where_clause(request))
     if request.page_token is not None:
-        statement = statement.where(_after(keys, _decode_page_token(request.page_token, len(keys))))
+        statement = statement.where(_after(keys, _decode_page_token(request, request.page_token, len(keys))))
     else:
         statement = statement.offset(request.offset)
     statement = statement.order_by(*(key.desc() if desc else key.asc() for key, desc in keys))
@@ -781,10 +806,21 @@ def conditional_request(resource_type: str, query: str, *, where: str) -> Search
     pairs = parse_qsl(query, keep_blank_values=True)
     if not pairs:
         raise bad_request(f"The condition {query!r} selects nothing: give at least one search parameter.", where)
+    shaping = sorted({k for k, _ in pairs if k.partition(":")[0] in RESULT_PARAMETERS} - {"_format", "_pretty"})
+    if shaping:
+        raise bad_request(
+            f"The condition {query!r} uses {', '.join(shaping)}, which shape results rather than "
+            "select resources; a condition must be search criteria only.",
+            where,
+        )
     try:
         request = parse_search(resource_type, pairs)
     except FhirError as exc:
         raise FhirError(exc.status, [Issue(i.code, i.diagnostics, (where,)) for i in exc.issues]) from None
+    if not request.criteria:
+        raise bad_request(
+            f"The condition {query!r} has no search criteria: it would match every {resource_type}.", where
+        )
     request.count = None
     return request
 

@@ -131,25 +131,40 @@ def racing_bundle(client_index: int) -> tuple[dict[str, Any], list[str], dict[st
     obs_subject: dict[str, str] = {}
     for number in numbers:
         patient_url = f"urn:uuid:{uuid.uuid4()}"
-        patients.append({
-            "fullUrl": patient_url,
-            "resource": {"resourceType": "Patient", "identifier": [{"system": SITE, "value": mrn(number)}],
-                         "name": [{"family": f"Race{number}"}], "gender": "unknown"},
-            "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier={SITE}|{mrn(number)}"},
-        })
+        patients.append(
+            {
+                "fullUrl": patient_url,
+                "resource": {
+                    "resourceType": "Patient",
+                    "identifier": [{"system": SITE, "value": mrn(number)}],
+                    "name": [{"family": f"Race{number}"}],
+                    "gender": "unknown",
+                },
+                "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier={SITE}|{mrn(number)}"},
+            }
+        )
         for j in range(OBSERVATIONS_PER_PATIENT):
             obs_id = f"c{client_index}-{mrn(number)}-{j}"
             obs_subject[obs_id] = mrn(number)
-            observations.append({
-                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
-                "resource": {"resourceType": "Observation", "status": "final",
-                             "identifier": [{"system": OBS_SYSTEM, "value": obs_id}],
-                             "code": {"coding": [{"system": "http://loinc.org", "code": "6690-2"}]},
-                             "subject": {"reference": patient_url},
-                             "valueQuantity": {"value": 4 + j, "unit": "10*3/uL",
-                                               "system": "http://unitsofmeasure.org", "code": "10*3/uL"}},
-                "request": {"method": "POST", "url": "Observation"},
-            })
+            observations.append(
+                {
+                    "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                    "resource": {
+                        "resourceType": "Observation",
+                        "status": "final",
+                        "identifier": [{"system": OBS_SYSTEM, "value": obs_id}],
+                        "code": {"coding": [{"system": "http://loinc.org", "code": "6690-2"}]},
+                        "subject": {"reference": patient_url},
+                        "valueQuantity": {
+                            "value": 4 + j,
+                            "unit": "10*3/uL",
+                            "system": "http://unitsofmeasure.org",
+                            "code": "10*3/uL",
+                        },
+                    },
+                    "request": {"method": "POST", "url": "Observation"},
+                }
+            )
     # Half the clients put the Observations first: references forward to later entries must work too.
     entries = observations + patients if client_index % 2 else patients + observations
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
@@ -196,7 +211,8 @@ def test_concurrent_transactions_with_overlapping_conditional_creates(
     duplicates = {m: ids for m, ids in ids_by_mrn.items() if len(ids) != 1}
     assert not duplicates, f"one identifier, several Patients in the responses: {duplicates}"
     assert set(created.values()) == {1} and set(created) == set(ids_by_mrn), (
-        f"each identifier must be created by exactly one bundle: {created}")
+        f"each identifier must be created by exactly one bundle: {created}"
+    )
 
     with httpx.Client(base_url=live_server.base_url, headers=HEADERS, timeout=60) as http:
         patient_by_mrn: dict[str, str] = {}
@@ -213,8 +229,9 @@ def test_concurrent_transactions_with_overlapping_conditional_creates(
         assert len(observations) == len(expected_subjects), "Observations lost or duplicated"
         subjects = {o["identifier"][0]["value"]: o["subject"]["reference"] for o in observations}
         assert set(subjects) == set(expected_subjects)
-        wrong = {obs: ref for obs, ref in subjects.items()
-                 if ref != f"Patient/{patient_by_mrn[expected_subjects[obs]]}"}
+        wrong = {
+            obs: ref for obs, ref in subjects.items() if ref != f"Patient/{patient_by_mrn[expected_subjects[obs]]}"
+        }
         assert not wrong, f"Observations whose subject is not the Patient with their MRN: {wrong}"
 
         # The reference index agrees with the content: searching by subject finds each one's share.
@@ -231,9 +248,13 @@ DISTINCT_CONTENTS = 15  # clients 15..19 send the same content as clients 0..4
 
 def updated_patient(value: str, client_index: int) -> dict[str, Any]:
     variant = client_index % DISTINCT_CONTENTS
-    return {"resourceType": "Patient", "identifier": [{"system": SITE, "value": value}],
-            "name": [{"family": f"Family{variant}", "given": ["Claire"]}], "gender": "female",
-            "telecom": [{"system": "phone", "value": f"+33 1 00 00 00 {variant:02d}"}]}
+    return {
+        "resourceType": "Patient",
+        "identifier": [{"system": SITE, "value": value}],
+        "name": [{"family": f"Family{variant}", "given": ["Claire"]}],
+        "gender": "female",
+        "telecom": [{"system": "phone", "value": f"+33 1 00 00 00 {variant:02d}"}],
+    }
 
 
 def _content(resource: dict[str, Any]) -> dict[str, Any]:
@@ -244,8 +265,10 @@ def test_concurrent_conditional_updates_of_the_same_identifiers(live_server: Liv
     with httpx.Client(base_url=live_server.base_url, headers=HEADERS, timeout=60) as http:
         initial = {}
         for value in UPDATED_MRNS[:2]:
-            response = http.post("Patient", json={"resourceType": "Patient", "gender": "unknown",
-                                                  "identifier": [{"system": SITE, "value": value}]})
+            response = http.post(
+                "Patient",
+                json={"resourceType": "Patient", "gender": "unknown", "identifier": [{"system": SITE, "value": value}]},
+            )
             assert response.status_code == 201, response.text
             initial[value] = response.json()
 
@@ -255,8 +278,12 @@ def test_concurrent_conditional_updates_of_the_same_identifiers(live_server: Liv
         random.Random(index).shuffle(order)
         for value in order:
             body = updated_patient(value, index)
-            response = http.put("Patient", params={"identifier": f"{SITE}|{value}"}, json=body,
-                                headers={"Prefer": "return=representation"})
+            response = http.put(
+                "Patient",
+                params={"identifier": f"{SITE}|{value}"},
+                json=body,
+                headers={"Prefer": "return=representation"},
+            )
             outcome.responses.append((response.status_code, (value, body, _json(response))))
         return outcome
 
@@ -296,7 +323,8 @@ def test_concurrent_conditional_updates_of_the_same_identifiers(live_server: Liv
             final_version = int(current["meta"]["versionId"])
             first_written = 2 if existed else 1
             assert set(returned_versions) == set(range(first_written, final_version + 1)), (
-                f"{value}: versions returned {sorted(returned_versions)}, current version {final_version}")
+                f"{value}: versions returned {sorted(returned_versions)}, current version {final_version}"
+            )
             assert _content(current) == content_of_version[final_version]
             # At least one new version per distinct content sent; duplicates add one only when another
             # content came in between. 20 clients, 15 distinct contents:
@@ -328,9 +356,17 @@ def spelled_request(kind: int, base_url: str, value: str) -> tuple[str, str, dic
         return "POST", f"{base_url}/Patient", {"json": body, "headers": {"If-None-Exist": encoded}}
     if kind == 2:  # conditional update: creates when nothing matches; httpx writes `|` as %7C
         return "PUT", f"{base_url}/Patient", {"json": body, "params": {"identifier": f"{SITE}|{value}"}}
-    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": body,
-         "request": {"method": "POST", "url": "Patient", "ifNoneExist": encoded}}]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": body,
+                "request": {"method": "POST", "url": "Patient", "ifNoneExist": encoded},
+            }
+        ],
+    }
     return "POST", base_url, {"json": bundle}
 
 
@@ -358,8 +394,10 @@ def test_concurrent_conditional_creates_with_differently_spelled_conditions(live
 
     outcomes = run_together(CLIENTS, work, live_server.base_url)
     with httpx.Client(base_url=live_server.base_url, headers=HEADERS, timeout=60) as http:
-        found = {value: [p["id"] for p in search_all(http, "Patient", identifier=f"{SITE}|{value}")]
-                 for value in SPELLED_MRNS}
+        found = {
+            value: [p["id"] for p in search_all(http, "Patient", identifier=f"{SITE}|{value}")]
+            for value in SPELLED_MRNS
+        }
     duplicates = {value: ids for value, ids in found.items() if len(ids) != 1}
     assert not duplicates, f"Patients per identifier after racing equivalent conditions: {duplicates}"
 

@@ -31,16 +31,24 @@ LOINC = "http://loinc.org"
 
 
 def patient_json(mrn: str, family: str = "Martin", birth_date: str = "1979-04-12") -> dict[str, Any]:
-    return {"resourceType": "Patient", "identifier": [{"system": SITE, "value": mrn}],
-            "name": [{"family": family, "given": ["Claire"]}], "gender": "female", "birthDate": birth_date}
+    return {
+        "resourceType": "Patient",
+        "identifier": [{"system": SITE, "value": mrn}],
+        "name": [{"family": family, "given": ["Claire"]}],
+        "gender": "female",
+        "birthDate": birth_date,
+    }
 
 
 def observation_json(subject: str, value: float) -> dict[str, Any]:
-    return {"resourceType": "Observation", "status": "final",
-            "code": {"coding": [{"system": LOINC, "code": "6690-2"}]}, "subject": {"reference": subject},
-            "effectiveDateTime": "2026-10-10T08:30:00Z",
-            "valueQuantity": {"value": value, "unit": "10*3/uL", "system": "http://unitsofmeasure.org",
-                              "code": "10*3/uL"}}
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": LOINC, "code": "6690-2"}]},
+        "subject": {"reference": subject},
+        "effectiveDateTime": "2026-10-10T08:30:00Z",
+        "valueQuantity": {"value": value, "unit": "10*3/uL", "system": "http://unitsofmeasure.org", "code": "10*3/uL"},
+    }
 
 
 @pytest.fixture
@@ -150,14 +158,30 @@ def test_search(server: FHIRServer) -> None:
 def _transaction(mrn: str) -> Bundle:
     """Patient (ifNoneExist) and an Observation that refers to it by urn:uuid, built from the models."""
     patient_url = f"urn:uuid:{uuid.uuid4()}"
-    return Bundle({"resourceType": "Bundle", "type": "transaction", "entry": [
-        BundleEntry({"fullUrl": f"urn:uuid:{uuid.uuid4()}",
-                     "resource": observation_json(patient_url, 6.1),
-                     "request": {"method": "POST", "url": "Observation"}}).as_json(),
-        BundleEntry({"fullUrl": patient_url, "resource": patient_json(mrn, "Transaction"),
-                     "request": BundleEntryRequest({"method": "POST", "url": "Patient",
-                                                    "ifNoneExist": f"identifier={SITE}|{mrn}"}).as_json()}).as_json(),
-    ]})
+    return Bundle(
+        {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                BundleEntry(
+                    {
+                        "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                        "resource": observation_json(patient_url, 6.1),
+                        "request": {"method": "POST", "url": "Observation"},
+                    }
+                ).as_json(),
+                BundleEntry(
+                    {
+                        "fullUrl": patient_url,
+                        "resource": patient_json(mrn, "Transaction"),
+                        "request": BundleEntryRequest(
+                            {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier={SITE}|{mrn}"}
+                        ).as_json(),
+                    }
+                ).as_json(),
+            ],
+        }
+    )
 
 
 def test_transaction_bundle(server: FHIRServer) -> None:

@@ -1,0 +1,105 @@
+"""Client mistakes found in review: each is a 4xx OperationOutcome, never a 500, and changes nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+
+def bundle(*entries: dict[str, Any], kind: str = "transaction") -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": kind, "entry": list(entries)}
+
+
+def test_conditions_must_select(client: TestClient) -> None:
+    client.put("/fhir/Patient/only", json={"resourceType": "Patient", "id": "only"})
+    for condition in ("_format=json", "_count=1", "_offset=1"):
+        assert client.delete(f"/fhir/Patient?{condition}").status_code == 400, condition
+        assert client.put(f"/fhir/Patient?{condition}", json={"resourceType": "Patient"}).status_code == 400
+        created = client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers={"If-None-Exist": condition})
+        assert created.status_code == 400, condition
+    assert client.get("/fhir/Patient/only").status_code == 200
+
+
+def test_bundle_entry_shapes(client: TestClient) -> None:
+    client.put("/fhir/Patient/p1", json={"resourceType": "Patient", "id": "p1"})
+    cases = [
+        {"request": {"method": "DELETE", "url": "Patient/p1/_history/1"}},
+        {"request": {"method": [], "url": "Patient"}},
+        {"request": {"method": "POST", "url": "Patient", "ifNoneExist": 5}, "resource": {"resourceType": "Patient"}},
+        {"request": {"method": "DELETE", "url": "?_id=p1"}},
+        {"request": {"method": "POST", "url": "/"}, "resource": {}},
+    ]
+    for entry in cases:
+        response = client.post("/fhir", json=bundle(entry))
+        assert response.status_code == 400, (entry, response.json())
+        assert response.json()["issue"][0]["expression"][0].startswith("Bundle.entry[0]")
+    assert client.get("/fhir/Patient/p1").status_code == 200
+
+
+def test_nulls_nul_characters_and_unvalidatable_types(client: TestClient) -> None:
+    null_coding = {"resourceType": "Observation", "status": "final", "code": {"coding": None, "text": "x"}}
+    response = client.post("/fhir/Observation", json=null_coding)
+    assert response.status_code == 422
+    assert response.json()["issue"][0]["expression"] == ["Observation.code.coding"]
+    in_bundle = client.post(
+        "/fhir", json=bundle({"request": {"method": "POST", "url": "Observation"}, "resource": null_coding})
+    )
+    assert in_bundle.status_code == 422
+    nul = client.post("/fhir/Patient", content=b'{"resourceType": "Patient", "gender": "fe\\u0000male"}')
+    assert nul.status_code == 400
+    unvalidatable = client.post(
+        "/fhir/RiskEvidenceSynthesis", json={"resourceType": "RiskEvidenceSynthesis", "status": "draft"}
+    )
+    assert unvalidatable.status_code == 422
+    assert unvalidatable.json()["issue"][0]["code"] == "not-supported"
+    assert client.get("/fhir/Observation", params={"_summary": "count"}).json()["total"] == 0
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"value-quantity": "sNaN"},
+        {"value-quantity": "1e999999999999999999"},
+        {"date": "ap0001"},
+        {"date": "ap9999-12-31"},
+        {"_offset": "99999999999999999999"},
+        {"_count": "²"},
+        {"_lastUpdated:not": "2024"},
+        {"_page": "W1sxXV0"},
+    ],
+)
+def test_search_inputs_are_4xx(client: TestClient, params: dict[str, str]) -> None:
+    response = client.get("/fhir/Observation", params=params)
+    assert response.status_code in (200, 400), response.json()
+    if "ap" in str(params.values()):
+        assert response.status_code == 200
+    else:
+        assert response.status_code == 400
+
+
+def test_version_and_etag_digits(client: TestClient) -> None:
+    client.put("/fhir/Patient/p1", json={"resourceType": "Patient", "id": "p1"})
+    assert client.get("/fhir/Patient/p1/_history/%C2%B2").status_code == 404
+    assert client.get("/fhir/Patient/p1/_history", params={"_count": "²"}).status_code == 400
+    stale = client.put(
+        "/fhir/Patient/p1", json={"resourceType": "Patient", "id": "p1"}, headers={"If-Match": 'W/"²"'.encode()}
+    )
+    assert stale.status_code == 400
+
+
+def test_batch_isolates_a_failing_entry(client: TestClient) -> None:
+    response = client.post(
+        "/fhir",
+        json=bundle(
+            {"request": {"method": "POST", "url": "Patient"}, "resource": {"resourceType": "Patient"}},
+            {
+                "request": {"method": "POST", "url": "Observation"},
+                "resource": {"resourceType": "Observation", "status": "final", "code": {"coding": None}},
+            },
+            kind="batch",
+        ),
+    )
+    assert response.status_code == 200
+    assert [e["response"]["status"] for e in response.json()["entry"]] == ["201 Created", "422"]
