@@ -11,6 +11,7 @@ floor measured in the same run: the same bundles through parse + validate only (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import random
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +135,24 @@ def floor_rate(bodies: list[bytes]) -> float:
     return statistics.median(rates)
 
 
+def concurrent_rate(base_url: str, bodies: list[bytes], entries: int, clients: int) -> float:
+    """Total resources/s with `clients` clients posting at once (wall time over all bundles)."""
+
+    def post(share: list[bytes]) -> None:
+        with httpx.Client(timeout=300, headers={"Content-Type": "application/fhir+json"}) as client:
+            for body in share:
+                response = client.post(base_url, content=body)
+                if response.status_code != 200:
+                    sys.exit(f"ingest failed: {response.status_code} {response.text[:500]}")
+
+    post(bodies[:1])  # warm up both the server and the connection pool
+    rest = bodies[1:]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(post, [rest[i::clients] for i in range(clients)]))
+    return len(rest) * entries / (time.perf_counter() - start)
+
+
 def ingest_rate(base_url: str, bodies: list[bytes], entries: int) -> float:
     rates = []
     with httpx.Client(timeout=300, headers={"Content-Type": "application/fhir+json"}) as client:
@@ -153,8 +173,9 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument(
         "--validation-workers",
-        default="default,0",
-        help="server settings to compare: 'default' (one per core) and/or a number (0: inline)",
+        default="default,0,2servers",
+        help="server settings to compare: 'default' (a validation pool per core), a number of validation workers "
+        "(0: inline), '2servers' (two server processes, two clients)",
     )
     args = parser.parse_args()
 
@@ -178,27 +199,33 @@ def main() -> None:
                 orjson.dumps(make_bundle(rng, args.entries, f"{backend}{workers}{i}")) for i in range(args.bundles)
             ]
             floor = floor_rate(bodies)
-            extra = () if workers == "default" else ("--validation-workers", workers)
-            rate = run_server_and_ingest(backend, bodies, args.entries, extra)
+            if workers == "2servers":  # two server processes, validation inline, two clients at once
+                extra: tuple[str, ...] = ("--workers", "2", "--validation-workers", "0")
+                rate = run_server_and_ingest(backend, bodies, args.entries, extra, clients=2)
+                label = "2 servers"
+            else:
+                extra = () if workers == "default" else ("--validation-workers", workers)
+                rate = run_server_and_ingest(backend, bodies, args.entries, extra)
+                label = "per core" if workers == "default" else ("inline" if workers == "0" else f"{workers} procs")
             verdict = "ok" if rate / floor >= 0.6 and rate >= 2000 else "BELOW TARGET"
-            label = "per core" if workers == "default" else ("inline" if workers == "0" else f"{workers} procs")
             print(f"{backend:<12}{label:>12}{rate:>14,.0f}{floor:>14,.0f}{rate / floor:>8.2f}  {verdict}", flush=True)
 
 
-def run_server_and_ingest(backend: str, bodies: list[bytes], entries: int, extra: tuple[str, ...]) -> float:
-    with tempfile.TemporaryDirectory() as tmp:
+def run_server_and_ingest(
+    backend: str, bodies: list[bytes], entries: int, extra: tuple[str, ...], clients: int = 1
+) -> float:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         if backend == "sqlite":
-            server = start_live_server(f"sqlite:///{Path(tmp) / 'bench.sqlite3'}", Path(tmp) / "server.log", *extra)
-            try:
-                return ingest_rate(server.base_url, bodies, entries)
-            finally:
-                stop_live_server(server)
-        with PostgresServer() as pg:
-            server = start_live_server(pg.create_database("bench"), Path(tmp) / "server.log", *extra)
-            try:
-                return ingest_rate(server.base_url, bodies, entries)
-            finally:
-                stop_live_server(server)
+            url = f"sqlite:///{Path(tmp) / 'bench.sqlite3'}"
+        else:
+            url = stack.enter_context(PostgresServer()).create_database("bench")
+        server = start_live_server(url, Path(tmp) / "server.log", *extra)
+        try:
+            if clients > 1:
+                return concurrent_rate(server.base_url, bodies, entries, clients)
+            return ingest_rate(server.base_url, bodies, entries)
+        finally:
+            stop_live_server(server)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,10 @@ class ValidatorPool:
     def start(self, resources: Sequence[dict[str, Any]]) -> Waiter:
         """Begin validating; the returned callable gives each resource's issues, in order."""
         if self._pool is None or len(resources) < INLINE_BELOW:
-            return lambda: [model_issues(r) for r in resources]
+            # Validate now, before the caller opens its database transaction: on SQLite that transaction
+            # holds the database's write lock, which other server processes then wait for.
+            results = [model_issues(r) for r in resources]
+            return lambda: results
         futures: list[Future[list[list[Issue]]]] = [
             self._pool.submit(_validate_chunk, orjson.dumps(resources[start : start + CHUNK]))
             for start in range(0, len(resources), CHUNK)
