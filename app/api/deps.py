@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.config import Settings
 from app.fhir.errors import FhirError, Issue
 from app.fhir.rest import FhirService
 
@@ -18,11 +17,6 @@ _JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fh
 async def get_service(request: Request) -> FhirService:
     service: FhirService = request.app.state.fhir_service
     return service
-
-
-async def get_settings_dep(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 async def fhir_base(request: Request) -> str:

@@ -284,6 +284,16 @@ def _conditions(entries: list[_Entry], sites: dict[int, list[ReferenceSite]]) ->
 
 
 def _reject_duplicate_targets(entries: list[_Entry]) -> None:
+    full_urls: dict[str, int] = {}
+    for entry in entries:
+        if entry.full_url is not None:
+            if entry.full_url in full_urls:
+                raise bad_request(
+                    f"Entries {full_urls[entry.full_url]} and {entry.index} have the same fullUrl "
+                    f"{entry.full_url!r}; references to it would be ambiguous.",
+                    f"{entry.where}.fullUrl",
+                )
+            full_urls[entry.full_url] = entry.index
     seen: dict[tuple[str, str], int] = {}
     for entry in entries:
         if entry.method in ("PUT", "DELETE") and entry.res_id and entry.resource_type:
@@ -317,7 +327,7 @@ def _resolve_identities(tx: WriteTransaction, entries: list[_Entry]) -> dict[str
                 matches = interactions.match_condition(tx, resource_type, condition, where)
                 if len(matches) > 1:
                     raise precondition_failed(
-                        f"The condition {resource_type}?{condition} matches {len(matches)} resources; it must "
+                        f"The condition {resource_type}?{condition} matches more than one resource; it must "
                         "match at most one.",
                         where,
                         code="multiple-matches",
@@ -395,7 +405,7 @@ class _ReferenceResolver:
                 Issue(
                     "multiple-matches",
                     f"The conditional reference {reference!r} matches "
-                    f"{len(matches)} resources; it must match exactly one.",
+                    "more than one resource; it must match exactly one.",
                     (where,),
                 )
             )

@@ -60,9 +60,6 @@ class FhirError(Exception):
     def outcome(self) -> dict[str, Any]:
         return operation_outcome(self.issues)
 
-    def under(self, prefix: str) -> FhirError:
-        return FhirError(self.status, [i.under(prefix) for i in self.issues], self.headers)
-
 
 def _error(status: int, code: str, diagnostics: str, expression: Sequence[str] | str | None) -> FhirError:
     if expression is None:

@@ -36,6 +36,7 @@ def _from_write(result: WriteResult) -> InteractionResult:
 def match_condition(tx: WriteTransaction, resource_type: str, condition: str, where: str) -> list[str]:
     """Ids of the current resources matching a conditional query, under a lock on that condition."""
     request = conditional_request(resource_type, condition, where=where)
+    request.count = 2  # none, one, or "several": nothing more is needed
     tx.lock_conditions([(resource_type, condition)])
     page = tx.search(request)
     return [r.id for r in page.resources]
@@ -47,17 +48,16 @@ def create(
     resource: dict[str, Any],
     *,
     if_none_exist: str | None = None,
-    res_id: str | None = None,
 ) -> InteractionResult:
     """Create (server-assigned id; a client `id` is ignored as the spec says), or conditional create."""
     if if_none_exist:
         matches = match_condition(tx, resource_type, if_none_exist, "If-None-Exist")
         if len(matches) > 1:
-            raise _multiple(resource_type, if_none_exist, len(matches), "If-None-Exist")
+            raise _multiple(resource_type, if_none_exist, "If-None-Exist")
         if matches:
             return InteractionResult(200, tx.read(resource_type, matches[0]))
     body = {k: v for k, v in resource.items() if k != "id"}
-    return _from_write(tx.create(resource_type, body, res_id))
+    return _from_write(tx.create(resource_type, body))
 
 
 def update(
@@ -83,7 +83,7 @@ def conditional_update(
     """PUT Type?query: no match creates, one match updates it, several is 412."""
     matches = match_condition(tx, resource_type, condition, f"{resource_type}?{condition}")
     if len(matches) > 1:
-        raise _multiple(resource_type, condition, len(matches), f"{resource_type}?{condition}")
+        raise _multiple(resource_type, condition, f"{resource_type}?{condition}")
     body_id = resource.get("id")
     if matches:
         if body_id is not None and body_id != matches[0]:
@@ -111,7 +111,7 @@ def delete(tx: WriteTransaction, resource_type: str, res_id: str, *, if_match: i
 def conditional_delete(tx: WriteTransaction, resource_type: str, condition: str) -> InteractionResult:
     matches = match_condition(tx, resource_type, condition, f"{resource_type}?{condition}")
     if len(matches) > 1:
-        raise _multiple(resource_type, condition, len(matches), f"{resource_type}?{condition}")
+        raise _multiple(resource_type, condition, f"{resource_type}?{condition}")
     if not matches:
         return InteractionResult(
             204,
@@ -121,9 +121,9 @@ def conditional_delete(tx: WriteTransaction, resource_type: str, condition: str)
     return delete(tx, resource_type, matches[0])
 
 
-def _multiple(resource_type: str, condition: str, count: int, where: str) -> Exception:
+def _multiple(resource_type: str, condition: str, where: str) -> Exception:
     return precondition_failed(
-        f"The condition {resource_type}?{condition} matches {count} resources; it must match at most one. "
+        f"The condition {resource_type}?{condition} matches more than one resource; it must match at most one. "
         "Make the condition more specific (e.g. an identifier with its system).",
         where,
         code="multiple-matches",

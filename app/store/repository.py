@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, delete, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from app.fhir.errors import FhirError, conflict, gone, not_found, precondition_failed
@@ -85,7 +85,6 @@ class SerializedResource(ResourceVersion):
 class WriteResult:
     stored: StoredResource
     created: bool  # True: 201 Created; False: 200 OK (updated, or unchanged)
-    changed: bool = True  # False when an update carried the same content (no new version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,13 +269,6 @@ class Store:
     def search(self, request: SearchRequest) -> SearchPage:
         with self.engine.connect() as conn:
             return run_search(conn, request)
-
-    def count(self, resource_type: str | None = None) -> int:
-        statement = select(func.count()).select_from(resource_table).where(resource_table.c.deleted.is_(False))
-        if resource_type:
-            statement = statement.where(resource_table.c.res_type == resource_type)
-        with self.engine.connect() as conn:
-            return int(conn.execute(statement).scalar_one())
 
     def compartment(self, patient_id: str, types: Sequence[str] | None = None) -> list[StoredResource]:
         """Every current resource in a patient's compartment (the Patient first)."""
@@ -526,7 +518,7 @@ class WriteTransaction:
                 "someone changed it since you read it. Read it again, re-apply your change and retry."
             )
         if _without_meta({**content, "id": res_id, "resourceType": resource_type}) == _without_meta(row.content):
-            return WriteResult(_row_to_stored(row), created=False, changed=False)
+            return WriteResult(_row_to_stored(row), created=False)
         stored = self._stamp(resource_type, res_id, row.version_id + 1, content, "PUT")
         self._replace(row, stored)
         return WriteResult(stored, created=False)

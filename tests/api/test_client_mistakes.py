@@ -103,3 +103,18 @@ def test_batch_isolates_a_failing_entry(client: TestClient) -> None:
     )
     assert response.status_code == 200
     assert [e["response"]["status"] for e in response.json()["entry"]] == ["201 Created", "422"]
+
+
+def test_duplicate_full_urls_are_refused(client: TestClient) -> None:
+    twice = [
+        {
+            "fullUrl": "urn:uuid:same",
+            "request": {"method": "POST", "url": "Patient"},
+            "resource": {"resourceType": "Patient"},
+        }
+        for _ in range(2)
+    ]
+    response = client.post("/fhir", json=bundle(*twice))
+    assert response.status_code == 400
+    assert response.json()["issue"][0]["expression"] == ["Bundle.entry[1].fullUrl"]
+    assert client.get("/fhir/Patient", params={"_summary": "count"}).json()["total"] == 0
