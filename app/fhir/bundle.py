@@ -333,6 +333,8 @@ def _resolve_identities(tx: WriteTransaction, entries: list[_Entry]) -> dict[str
                         code="multiple-matches",
                     )
                 body_id = (entry.resource or {}).get("id") if entry.method == "PUT" else None
+                if not matches and isinstance(body_id, str) and tx.is_current(resource_type, body_id):
+                    raise interactions.exists_unmatched(resource_type, condition, body_id, where)
                 entry.target_id = matches[0] if matches else (body_id or new_id())
                 entry.reuse_existing = bool(matches) and entry.method == "POST"
                 conditions[key] = entry.target_id

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.fhir.errors import Issue, bad_request, precondition_failed
+from app.fhir.errors import Issue, bad_request, conflict, precondition_failed
 from app.store.repository import StoredResource, WriteResult, WriteTransaction
 from app.store.search import conditional_request
 
@@ -93,8 +93,18 @@ def conditional_update(
             )
         return _from_write(tx.update(resource_type, matches[0], {**resource, "id": matches[0]}, if_match=if_match))
     if body_id is not None:
+        if tx.is_current(resource_type, body_id):
+            raise exists_unmatched(resource_type, condition, body_id, f"{resource_type}.id")
         return _from_write(tx.update(resource_type, body_id, resource))
     return _from_write(tx.create(resource_type, resource))
+
+
+def exists_unmatched(resource_type: str, condition: str, res_id: str, where: str) -> Exception:
+    return conflict(
+        f"No {resource_type} matches {condition!r}, but the resource names id {res_id!r}, which exists and does "
+        "not match: a conditional update must not overwrite it. Drop the id, or fix the condition.",
+        where,
+    )
 
 
 def delete(tx: WriteTransaction, resource_type: str, res_id: str, *, if_match: int | None = None) -> InteractionResult:

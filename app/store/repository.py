@@ -487,6 +487,13 @@ class WriteTransaction:
 
     # Immediate writes ---------------------------------------------------------------------------
 
+    def is_current(self, resource_type: str, res_id: str) -> bool:
+        """Does this resource exist now (not deleted), counting creates still buffered?"""
+        if (resource_type, res_id) in self._pending_keys:
+            return True
+        row = self._current_row(resource_type, res_id)
+        return row is not None and not row.deleted
+
     def _current_row(self, resource_type: str, res_id: str) -> Any:
         if (resource_type, res_id) in self._pending_keys:  # created earlier in this transaction, not yet written
             self.flush()

@@ -118,3 +118,15 @@ def test_duplicate_full_urls_are_refused(client: TestClient) -> None:
     assert response.status_code == 400
     assert response.json()["issue"][0]["expression"] == ["Bundle.entry[1].fullUrl"]
     assert client.get("/fhir/Patient", params={"_summary": "count"}).json()["total"] == 0
+
+
+def test_conditional_update_never_overwrites_an_unmatched_resource(client: TestClient) -> None:
+    client.put("/fhir/Patient/taken", json={"resourceType": "Patient", "id": "taken", "gender": "male"})
+    body = {"resourceType": "Patient", "id": "taken", "gender": "female"}
+    rest = client.put("/fhir/Patient?identifier=https://x|nobody", json=body)
+    assert rest.status_code == 409
+    entry = {"request": {"method": "PUT", "url": "Patient?identifier=https://x|nobody"}, "resource": body}
+    in_bundle = client.post("/fhir", json=bundle(entry))
+    assert in_bundle.status_code == 409
+    assert in_bundle.json()["issue"][0]["expression"] == ["Bundle.entry[0].request.url"]
+    assert client.get("/fhir/Patient/taken").json()["gender"] == "male"
