@@ -58,25 +58,23 @@ def test_nulls_nul_characters_and_unvalidatable_types(client: TestClient) -> Non
 
 
 @pytest.mark.parametrize(
-    "params",
+    ("params", "status"),
     [
-        {"value-quantity": "sNaN"},
-        {"value-quantity": "1e999999999999999999"},
-        {"date": "ap0001"},
-        {"date": "ap9999-12-31"},
-        {"_offset": "99999999999999999999"},
-        {"_count": "²"},
-        {"_lastUpdated:not": "2024"},
-        {"_page": "W1sxXV0"},
+        ({"value-quantity": "sNaN"}, 400),
+        ({"value-quantity": "1e999999999999999999"}, 400),
+        ({"date": "ap0001"}, 200),  # approximately year 1: the range is clamped, not overflowed
+        ({"date": "ap9999-12-31"}, 200),
+        ({"_offset": "99999999999999999999"}, 400),
+        ({"_count": "²"}, 400),
+        ({"_lastUpdated:not": "2024"}, 400),
+        ({"_page": "W1sxXV0"}, 400),  # a forged token: [[1]]
     ],
 )
-def test_search_inputs_are_4xx(client: TestClient, params: dict[str, str]) -> None:
+def test_search_inputs_are_answered_not_crashed(client: TestClient, params: dict[str, str], status: int) -> None:
     response = client.get("/fhir/Observation", params=params)
-    assert response.status_code in (200, 400), response.json()
-    if "ap" in str(params.values()):
-        assert response.status_code == 200
-    else:
-        assert response.status_code == 400
+    assert response.status_code == status, response.json()
+    if status == 400:
+        assert response.json()["issue"][0]["expression"] == [next(iter(params))]
 
 
 def test_version_and_etag_digits(client: TestClient) -> None:

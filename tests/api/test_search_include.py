@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from fastapi.testclient import TestClient
 
-
-def put(client: TestClient, resource: dict[str, Any]) -> None:
-    assert client.put(f"/fhir/{resource['resourceType']}/{resource['id']}", json=resource).status_code == 201
+from app.testing.fhir_calls import put
 
 
 @pytest.fixture

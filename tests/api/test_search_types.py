@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from fastapi.testclient import TestClient
 
+from app.testing.fhir_calls import match_ids as ids
+from app.testing.fhir_calls import put
+
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 SITE = "https://hospital.example/mrn"
-
-
-def put(client: TestClient, resource: dict[str, Any]) -> None:
-    response = client.put(f"/fhir/{resource['resourceType']}/{resource['id']}", json=resource)
-    assert response.status_code == 201, response.json()
-
-
-def ids(client: TestClient, path: str, params: dict[str, str] | list[tuple[str, str]]) -> set[str]:
-    response = client.get(f"/fhir/{path}", params=params)
-    assert response.status_code == 200, response.json()
-    return {e["resource"]["id"] for e in response.json().get("entry", []) if e["search"]["mode"] == "match"}
 
 
 @pytest.fixture
