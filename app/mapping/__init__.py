@@ -1,0 +1,1 @@
+"""Declarative mappings: the specs under mappings/ applied to source records (no web framework here)."""
