@@ -15,7 +15,7 @@ import hashlib
 import re
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,6 +39,10 @@ from app.store.search import (
 )
 
 _RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
+
+# (resource type, content) -> content to store: e.g. alias codings completed. Injected (the store knows
+# nothing of mappings); must return the same dict when it changes nothing, and never mutate its input.
+Normalize = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 resource_table = Resource.__table__  # type: ignore[attr-defined]
 history_table = ResourceHistory.__table__  # type: ignore[attr-defined]
@@ -127,8 +131,9 @@ def parse_etag(value: str) -> int | None:
 
 
 class Store:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, normalize: Normalize | None = None) -> None:
         self.engine = engine
+        self.normalize = normalize
         self._sqlite = is_sqlite(engine)
         # In-process writers queue here rather than in SQLite's busy-wait loop (which sleeps and backs off).
         self._write_lock = threading.Lock() if self._sqlite else None
@@ -298,7 +303,7 @@ class Store:
                     conn.info["sqlite_begin"] = "IMMEDIATE"
                 try:
                     with conn.begin():
-                        tx = WriteTransaction(conn, self._sqlite)
+                        tx = WriteTransaction(conn, self._sqlite, self.normalize)
                         yield tx
                         tx.flush()
                 except IntegrityError:
@@ -429,9 +434,10 @@ def _read_many(conn: Connection, keys: list[tuple[str, str]]) -> list[StoredReso
 class WriteTransaction:
     """Writes within one database transaction. Not thread-safe: one request owns it."""
 
-    def __init__(self, conn: Connection, sqlite: bool) -> None:
+    def __init__(self, conn: Connection, sqlite: bool, normalize: Normalize | None = None) -> None:
         self.conn = conn
         self._sqlite = sqlite
+        self._normalize = normalize
         self.now = datetime.now(UTC)
         self._pending_resources: list[dict[str, Any]] = []
         self._pending_index: dict[str, list[dict[str, Any]]] = {}
@@ -442,6 +448,11 @@ class WriteTransaction:
 
     def create(self, resource_type: str, content: dict[str, Any], res_id: str | None = None) -> WriteResult:
         """Create a resource with a server id (or the given one, for update-as-create of a new id)."""
+        if self._normalize is not None:
+            content = self._normalize(resource_type, content)
+        return self._create(resource_type, content, res_id)
+
+    def _create(self, resource_type: str, content: dict[str, Any], res_id: str | None) -> WriteResult:
         res_id = res_id or new_id()
         stored = self._stamp(resource_type, res_id, 1, content, "POST")
         self._queue(stored)
@@ -508,6 +519,8 @@ class WriteTransaction:
         self, resource_type: str, res_id: str, content: dict[str, Any], *, if_match: int | None = None
     ) -> WriteResult:
         """Update (or create with this id). An unchanged body writes no new version."""
+        if self._normalize is not None:  # before the comparison: the stored version is normalised too
+            content = self._normalize(resource_type, content)
         row = self._current_row(resource_type, res_id)
         if row is None or row.deleted:
             if if_match is not None:
@@ -515,7 +528,7 @@ class WriteTransaction:
                     f"If-Match names version {if_match}, but {resource_type}/{res_id} does not exist.", code="not-found"
                 )
             if row is None:
-                return self.create(resource_type, content, res_id)
+                return self._create(resource_type, content, res_id)
             stored = self._stamp(resource_type, res_id, row.version_id + 1, content, "PUT")
             self._replace(row, stored)
             return WriteResult(stored, created=True)
