@@ -41,15 +41,15 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _prepare_database(settings: Settings) -> None:
-    from app.demo import load_demo
+    from app.content import prepare_store
+    from app.mapping.study_spec import load_studies
     from app.store.db import make_engine, migrate
-    from app.store.repository import Store
 
+    studies = load_studies(settings.mappings_dir / "studies")
     engine = make_engine(settings.database_url)
     try:
         migrate(engine)
-        if settings.load_demo:
-            load_demo(Store(engine), settings.fixtures_dir)
+        prepare_store(engine, settings, studies, load_demo=settings.load_demo)
     finally:
         engine.dispose()
 

@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     validation_workers: int | None = None
     load_demo: bool = False
     fixtures_dir: Path = Path(__file__).resolve().parent.parent / "fixtures"
+    mappings_dir: Path = Path(__file__).resolve().parent.parent / "mappings"
 
     @field_validator("database_url")
     @classmethod

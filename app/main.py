@@ -16,12 +16,13 @@ from app import __version__
 from app.api import fhir
 from app.api.responses import fhir_response
 from app.config import Settings, get_settings
+from app.content import prepare_store
 from app.fhir import ucum
 from app.fhir.errors import FhirError, Issue, operation_outcome
 from app.fhir.rest import FhirService, Limits
 from app.fhir.validator_pool import ValidatorPool, default_workers
+from app.mapping.study_spec import load_studies
 from app.store.db import make_engine, migrate
-from app.store.repository import Store
 
 log = logging.getLogger("trialbridge")
 
@@ -39,14 +40,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        studies = load_studies(settings.mappings_dir / "studies")  # a bad spec stops start-up here
         engine = make_engine(settings.database_url)
         migrate(engine)
         ucum.warm_up()  # ~1.5 s of unit tables, paid at start-up rather than by the first lab result
-        store = Store(engine)
+        store = prepare_store(engine, settings, studies, load_demo=settings.load_demo)
         workers = default_workers() if settings.validation_workers is None else settings.validation_workers
         validator = ValidatorPool(workers)
         app.state.settings = settings
         app.state.store = store
+        app.state.studies = studies
         app.state.fhir_service = FhirService(
             store,
             Limits(
@@ -56,10 +59,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
             validator,
         )
-        if settings.load_demo:
-            from app.demo import load_demo
-
-            load_demo(store, settings.fixtures_dir)
         try:
             yield
         finally:

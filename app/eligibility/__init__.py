@@ -1,0 +1,1 @@
+"""Eligibility: the criteria language and its evaluation (pure: no web framework)."""
