@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.api.responses import r4_body
 from app.fhir.errors import FhirError, Issue
 from app.fhir.rest import FhirService
 
@@ -52,7 +53,7 @@ async def fhir_body(request: Request) -> bytes:
         if size > limit:
             raise _too_large(size, limit)
         chunks.append(chunk)
-    return b"".join(chunks)
+    return r4_body(request, b"".join(chunks))
 
 
 def _too_large(size: int, limit: int) -> FhirError:

@@ -83,7 +83,7 @@ def _fhir_path(resource_type: str, loc: tuple[int | str, ...]) -> str:
     return path
 
 
-def _issues_from_pydantic(resource_type: str, error: ValidationError) -> list[Issue]:
+def issues_from_pydantic(resource_type: str, error: ValidationError) -> list[Issue]:
     issues = []
     for detail in error.errors(include_url=False):
         kind = str(detail.get("type", ""))
@@ -133,7 +133,7 @@ def model_issues(resource: dict[str, Any]) -> list[Issue]:
     try:
         model.model_validate(resource)
     except ValidationError as exc:
-        return _issues_from_pydantic(resource_type, exc)
+        return issues_from_pydantic(resource_type, exc)
     return []
 
 
