@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.fhir.errors import FhirError
 from app.fhir.validation import parse_json, validate_resource
+from app.mapping.yaml_source import SpecError
 
 # Equivalences (R4 ConceptMap.group.element.target.equivalence) that mean "use this code".
 MAPPING_EQUIVALENCES = frozenset(
@@ -64,9 +66,12 @@ class ConceptMapIndex:
 
 
 def load_concept_map(path: Path) -> dict[str, Any]:
-    """Read and validate one ConceptMap JSON file; raises FhirError naming the file on a bad one."""
-    resource = parse_json(path.read_bytes(), str(path))
-    validate_resource(resource, expected_type="ConceptMap")
+    """Read and validate one ConceptMap JSON file; SpecError naming the file and every problem."""
+    try:
+        resource = parse_json(path.read_bytes(), str(path))
+        validate_resource(resource, expected_type="ConceptMap")
+    except FhirError as error:
+        raise SpecError(path, [(None, str(issue.get("diagnostics"))) for issue in error.outcome()["issue"]]) from None
     assert isinstance(resource, dict)
     return resource
 

@@ -38,6 +38,11 @@ class Measure:
     max: Decimal | None
 
 
+# Only rows where data under the source code is data of the target code are applied on write: an `inexact`
+# or `narrower` alias (SLEDAI-2K for SELENA-SLEDAI) would make a search or a criterion count the wrong scale.
+SAFE_EQUIVALENCES = frozenset({"equal", "equivalent", "wider", "subsumes"})
+
+
 class Terminology:
     """Validated CodeSystems and ConceptMaps, with the alias table `normalize` applies."""
 
@@ -56,6 +61,8 @@ class Terminology:
         for (system, code), translations in self.concept_maps.items():
             targets: list[dict[str, str]] = []
             for t in translations:
+                if t.equivalence not in SAFE_EQUIVALENCES:
+                    continue
                 coding = {"system": t.system, "code": t.code}
                 display = t.display or displays.get((t.system, t.code))
                 if display:

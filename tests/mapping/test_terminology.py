@@ -154,36 +154,39 @@ def test_normalize_appends_the_canonical_coding_after_the_original(terminology: 
 
 def test_normalize_components_and_already_canonical_codings(terminology: Terminology) -> None:
     panel = observation(
-        {"system": LOINC, "code": "82953-1"},
+        {"system": HOSPITAL, "code": "MADRS-TOT"},
         component=[
-            {
-                "code": {
-                    "coding": [
-                        {
-                            "system": "https://www.cdisc.org/standards/terminology/controlled-terminology",
-                            "code": "MADRS110",
-                        }
-                    ]
-                },
-                "valueInteger": 3,
-            },
+            {"code": {"coding": [{"system": HOSPITAL, "code": "PNFH-LCR"}]}, "valueInteger": 3},
             {"code": {"coding": [{"system": LOINC, "code": "8310-5"}]}, "valueInteger": 1},
         ],
     )
     normalized = terminology.normalize("Observation", panel)
     assert normalized["code"]["coding"][1] == {
         "system": MEASURE_SYSTEM,
-        "code": "alsfrs-r-total",
-        "display": "ALSFRS-R total score (0\u201348)",
+        "code": "madrs-total",
+        "display": "MADRS total score (0\u201360)",
     }
     assert normalized["component"][0]["code"]["coding"][1] == {
         "system": MEASURE_SYSTEM,
-        "code": "madrs-item-10",
-        "display": "MADRS item 10 (0\u20136): suicidal thoughts",
+        "code": "pnfh-csf",
+        "display": "Phosphorylated neurofilament heavy chain [mass/volume] in CSF",
     }
     assert normalized["component"][1] is panel["component"][1]  # unmatched components are not copied
     already = observation({"system": LOCAL_LAB, "code": "TREG_PCT"}, {"system": MEASURE_SYSTEM, "code": "treg-pct-cd4"})
     assert terminology.normalize("Observation", already) is already
+
+
+def test_inexact_rows_are_published_but_not_applied_on_write(terminology: Terminology) -> None:
+    # SLEDAI-2K is not SELENA-SLEDAI, and unconfirmed CDISC / LOINC aliases are inexact until checked:
+    # adding the canonical coding would let a criterion count the wrong score.
+    for alias in (
+        {"system": HOSPITAL, "code": "SLEDAI-2K"},
+        {"system": LOINC, "code": "82953-1"},
+        {"system": "https://www.cdisc.org/standards/terminology/controlled-terminology", "code": "MADRS110"},
+    ):
+        resource = observation(alias)
+        assert terminology.normalize("Observation", resource) is resource
+        assert terminology.concept_maps.translate(alias["system"], alias["code"])[0].equivalence == "inexact"
 
 
 def test_normalize_returns_the_same_object_when_nothing_matches(terminology: Terminology) -> None:
