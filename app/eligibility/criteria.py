@@ -16,13 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 SYSTEMS = {
     "snomed": "http://snomed.info/sct",
     "icd10": "http://hl7.org/fhir/sid/icd-10",
+    "icd10cm": "http://hl7.org/fhir/sid/icd-10-cm",
     "loinc": "http://loinc.org",
     "atc": "http://www.whocc.no/atc",
     "rxnorm": "http://www.nlm.nih.gov/research/umls/rxnorm",
     "measure": "https://trialbridge.dev/fhir/CodeSystem/measure",
     "meddra": "https://www.meddra.org",
+    "local-lab": "https://trialbridge.dev/fhir/CodeSystem/local-lab",
 }
-_CODE = re.compile(r"^(?P<system>[A-Za-z0-9]+|https?://[^|\s]+)\|(?P<code>[^|\s]+)$")
+_CODE = re.compile(r"^(?P<system>[A-Za-z0-9-]+|https?://[^|\s]+)\|(?P<code>[^|\s]+)$")
 
 
 class Strict(BaseModel):

@@ -1,5 +1,5 @@
 """Syntax checks for codes of the large external code systems we cannot ship (LOINC, SNOMED CT, ICD-10,
-ATC, MedDRA): their check digits and patterns catch most typos in mapping specs and fixtures."""
+ICD-10-CM, ATC, MedDRA): their check digits and patterns catch most typos in mapping specs and fixtures."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from collections.abc import Callable
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 ICD10 = "http://hl7.org/fhir/sid/icd-10"
+ICD10_CM = "http://hl7.org/fhir/sid/icd-10-cm"
 ATC = "http://www.whocc.no/atc"
 MEDDRA = "https://www.meddra.org"
 
 _LOINC = re.compile(r"(\d{1,7})-(\d)")
 _ICD10 = re.compile(r"[A-Z]\d\d(\.\d{1,2})?|[A-Z]\d\d-[A-Z]\d\d")  # a code, or a block such as C00-C97
+_ICD10_CM = re.compile(r"[A-Z]\d[0-9A-Z](\.[0-9A-Z]{1,4})?")
 _ATC = re.compile(r"[A-Z](\d\d([A-Z]([A-Z](\d\d)?)?)?)?")
 _MEDDRA = re.compile(r"1\d{7}")
 
@@ -71,6 +73,10 @@ def icd10_ok(code: str) -> bool:
     return bool(_ICD10.fullmatch(code))
 
 
+def icd10_cm_ok(code: str) -> bool:
+    return bool(_ICD10_CM.fullmatch(code))
+
+
 def atc_ok(code: str) -> bool:
     return bool(_ATC.fullmatch(code))
 
@@ -83,6 +89,7 @@ CHECKS: dict[str, Callable[[str], bool]] = {
     LOINC: loinc_ok,
     SNOMED: snomed_ok,
     ICD10: icd10_ok,
+    ICD10_CM: icd10_cm_ok,
     ATC: atc_ok,
     MEDDRA: meddra_ok,
 }

@@ -101,7 +101,11 @@ def test_research_subject_in_r5_and_back(client: TestClient) -> None:
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("application/fhir+json; fhirVersion=5.0")
     r4 = client.get("/fhir/ResearchSubject/rs-1").json()
-    assert (r4["status"], r4["assignedArm"], r4["individual"]) == ("follow-up", "Active treatment", stored["individual"])
+    assert (r4["status"], r4["assignedArm"], r4["individual"]) == (
+        "follow-up",
+        "Active treatment",
+        stored["individual"],
+    )
     assert r4["meta"]["versionId"] == "2"
 
 

@@ -37,7 +37,9 @@ def test_code_sets_match_exact_codes_prefixes_and_icd10_blocks() -> None:
     assert not exact.matches("http://snomed.info/sct", "137460041")
     assert not exact.matches("http://hl7.org/fhir/sid/icd-10", "13746004")
     prefix = CodeRef.model_validate(parse_code("atc|N06A*"))
-    assert prefix.matches("http://www.whocc.no/atc", "N06AB06") and not prefix.matches("http://www.whocc.no/atc", "N05AN01")
+    assert prefix.matches("http://www.whocc.no/atc", "N06AB06") and not prefix.matches(
+        "http://www.whocc.no/atc", "N05AN01"
+    )
     block = CodeRef.model_validate(parse_code("icd10|C00-C97"))
     assert block.block == ("C00", "C97")
     assert block.matches("http://hl7.org/fhir/sid/icd-10", "C50.9")

@@ -112,7 +112,9 @@ def test_depil2_research_study_says_what_the_registry_says(studies: StudyRegistr
     assert (d5["actionId"], d5["relationship"], d5["offsetRange"]["low"]["value"]) == ("d1", "after-start", 4)
     assert actions["screening"]["relatedAction"][0]["relationship"] == "before-start"
     assert "relatedAction" not in actions["d1"]
-    assert any(sub.get("code", [{}])[0].get("coding", [{}])[0].get("code") == "treg-pct-cd4" for sub in actions["d5"]["action"])
+    assert any(
+        sub.get("code", [{}])[0].get("coding", [{}])[0].get("code") == "treg-pct-cd4" for sub in actions["d5"]["action"]
+    )
     # Group: flat characteristics; exclusions are exclude=true; age as a Range in years.
     by_id = {c["extension"][0]["valueId"]: c for c in group["characteristic"]}
     assert by_id["age"]["valueRange"]["low"]["value"] == 18 and by_id["age"]["valueRange"]["high"]["value"] == 65
@@ -126,7 +128,9 @@ def test_depil2_research_study_says_what_the_registry_says(studies: StudyRegistr
     # EvidenceVariable: all 34 criteria in order, manual ones say why.
     assert len(variable["characteristic"]) == len(spec.eligibility.criteria) == 34
     manual = [c for c in variable["characteristic"] if "definitionCodeableConcept" in c]
-    assert len(manual) == 12 and all(c["definitionCodeableConcept"]["text"].startswith("Manual review: ") for c in manual)
+    assert len(manual) == 12 and all(
+        c["definitionCodeableConcept"]["text"].startswith("Manual review: ") for c in manual
+    )
 
 
 def test_not_flattens_into_an_excluded_characteristic(studies: StudyRegistry) -> None:
@@ -159,7 +163,10 @@ def test_r5_research_study_uses_the_r5_elements(studies: StudyRegistry) -> None:
     r5 = to_r5(study_resources(spec)[0], _context(studies))
     assert r5["status"] == "active"
     assert r5["progressStatus"] == [
-        {"state": {"coding": [{"system": "http://hl7.org/fhir/research-study-status", "code": "active"}]}, "actual": True}
+        {
+            "state": {"coding": [{"system": "http://hl7.org/fhir/research-study-status", "code": "active"}]},
+            "actual": True,
+        }
     ]
     assert [(g["linkId"], g["name"]) for g in r5["comparisonGroup"]] == [
         ("ilt101", "Active treatment"),
@@ -167,7 +174,7 @@ def test_r5_research_study_uses_the_r5_elements(studies: StudyRegistry) -> None:
     ]
     assert r5["recruitment"]["targetNumber"] == 18
     assert r5["recruitment"]["eligibility"] == {"reference": "EvidenceVariable/depil-2-eligibility"}
-    assert [m["name"] for m in r5["outcomeMeasure"]][0] == "Change of Treg response"
+    assert next(m["name"] for m in r5["outcomeMeasure"]) == "Change of Treg response"
     assert {p["role"]["coding"][0]["code"] for p in r5["associatedParty"]} == {"sponsor", "collaborator"}
     assert not any(k in r5 for k in ("arm", "sponsor", "enrollment"))
 
@@ -198,7 +205,9 @@ def test_r5_evidence_variable_nests_any_of_and_not(studies: StudyRegistry) -> No
     mirocals = studies.find("mirocals")
     assert mirocals is not None
     riluzole = next(
-        c for c in to_r5(study_resources(mirocals)[3], _context(studies))["characteristic"] if c["linkId"] == "riluzole-naive"
+        c
+        for c in to_r5(study_resources(mirocals)[3], _context(studies))["characteristic"]
+        if c["linkId"] == "riluzole-naive"
     )
     assert riluzole["exclude"] is True  # an inclusion criterion that is a `not`
 
@@ -274,11 +283,8 @@ def test_a_criterion_with_a_bad_code_system_names_its_line(tmp_path: Path) -> No
 
 
 def test_a_criterion_both_manual_and_computable_is_refused(tmp_path: Path) -> None:
-    text = _depil_text().replace(
-        "      text: Patients thought to be unreliable or incapable of complying with the requirements of the protocol\n",
-        "      text: Patients thought to be unreliable or incapable of complying with the requirements of the protocol\n"
-        "      expression: {age: {min: 18}}\n",
-    )
+    unreliable = next(line + "\n" for line in _depil_text().splitlines() if "thought to be unreliable" in line)
+    text = _depil_text().replace(unreliable, unreliable + "      expression: {age: {min: 18}}\n")
     with pytest.raises(SpecError, match="either an expression or manual: true"):
         load_study(_write_spec(tmp_path, text))
 
