@@ -354,6 +354,7 @@ class Population:
         hgb: tuple[float, str] | None = DEFAULT,
         rbc: tuple[float, str] | None = DEFAULT,
         tpo: tuple[float, float | None, str | None] | None = DEFAULT,
+        tg: tuple[float, str] | None = DEFAULT,
         madrs: int | None = DEFAULT,
         item10: int | None = DEFAULT,
         hcg: bool | None = DEFAULT,
@@ -400,16 +401,18 @@ class Population:
         if tpo is not None:
             value, tpo_high, interpretation = tpo
             record.measurement(ANTI_TPO, value, "[IU]/mL", lab_day, high=tpo_high, interpretation=interpretation)
-        if rng.random() < 0.5:
-            tg = round(clamp(rng.lognormvariate(2.8, 0.6), 2, 100))
-            record.measurement(ANTI_TG, tg, "[IU]/mL", lab_day, high=115, interpretation="N")
+        # DEPIL-2 asks for both thyroid antibodies "at inclusion": a candidate's work-up has both.
+        if tg is DEFAULT:
+            tg = (round(clamp(rng.lognormvariate(2.8, 0.6), 2, 100)), "N")
+        if tg is not None:
+            record.measurement(ANTI_TG, tg[0], "[IU]/mL", lab_day, high=115, interpretation=tg[1])
         madrs_day = days_ago(rng.randint(2, 25))
         if madrs is DEFAULT:
             madrs = rng.randint(20, 34)
         if madrs is not None:
             record.score(MADRS_TOTAL, madrs, madrs_day)
-        if item10 is DEFAULT:
-            item10 = rng.randint(0, 2) if rng.random() < 0.3 else None
+        if item10 is DEFAULT:  # the suicide item is read at screening whenever the MADRS is
+            item10 = rng.randint(0, 2)
         if item10 is not None:
             record.score(MADRS_ITEM_10, item10, madrs_day)
         if hcg is DEFAULT:
@@ -582,8 +585,7 @@ def depil_cases(h: Population) -> None:
     h.bipolar("17 years old: 18th birthday the day after the reference date", no, birth=date(2008, 11, 2))
     h.bipolar("anti-TPO 35 above the reference high 34, no interpretation", no, tpo=(35, 34, None))
     h.bipolar("anti-TPO 40 with interpretation H and no reference range", no, tpo=(40, None, "H"))
-    p = h.bipolar("anti-TG 180 [IU]/mL above the reference high 115 (H)", no)
-    p.measurement(ANTI_TG, 180, "[IU]/mL", days_ago(12), high=115, interpretation="H")
+    h.bipolar("anti-TG 180 [IU]/mL above the reference high 115 (H)", no, tg=(180, "H"))
     h.bipolar("MADRS item 10 = 3 (suicide risk)", no, item10=3)
     p = h.bipolar("C-SSRS suicidal ideation 4 (> 2)", no)
     p.score(CSSRS_IDEATION, 4, days_ago(6))
@@ -646,7 +648,9 @@ def depil_cases(h: Population) -> None:
 
     # Missing data: the evaluator cannot decide.
     h.bipolar("no leukocyte count", unknown, wbc=None)
-    h.bipolar("no laboratory results at all", unknown, wbc=None, plt=None, hgb=None, rbc=None, tpo=None, hcg=None)
+    h.bipolar(
+        "no laboratory results at all", unknown, wbc=None, plt=None, hgb=None, rbc=None, tpo=None, tg=None, hcg=None
+    )
     h.bipolar("no MADRS", unknown, madrs=None, item10=None)
     p = h.bipolar("MADRS only 45 days old (outside the 30-day lookback)", unknown, madrs=None, item10=None)
     p.score(MADRS_TOTAL, 25, days_ago(45))
