@@ -42,16 +42,56 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _prepare_database(settings: Settings) -> None:
     from app.content import prepare_store
+    from app.mapping.sources import load_sources
     from app.mapping.study_spec import load_studies
     from app.store.db import make_engine, migrate
 
     studies = load_studies(settings.mappings_dir / "studies")
+    sources = load_sources(settings.mappings_dir / "sources")
     engine = make_engine(settings.database_url)
     try:
         migrate(engine)
-        prepare_store(engine, settings, studies, load_demo=settings.load_demo)
+        prepare_store(engine, settings, studies, sources, load_demo=settings.load_demo)
     finally:
         engine.dispose()
+
+
+def _import(args: argparse.Namespace) -> int:
+    """`trialbridge import SPEC FILE`: the same import as POST /api/imports/{spec}, in-process."""
+    import json
+    from pathlib import Path
+
+    from app.content import prepare_store
+    from app.fhir.errors import FhirError
+    from app.mapping.imports import describe, run_import
+    from app.mapping.sources import load_sources
+    from app.mapping.study_spec import load_studies
+    from app.store.db import make_engine, migrate
+
+    settings = Settings(**({"database_url": args.database_url} if args.database_url else {}))
+    sources = load_sources(settings.mappings_dir / "sources")
+    spec = sources.get(args.spec)
+    if spec is None:
+        print(f"unknown spec {args.spec!r}; the specs are: {', '.join(sources.kinds())}", file=sys.stderr)
+        return 2
+    try:
+        data = Path(args.file).read_bytes()
+    except OSError as exc:
+        print(f"cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    studies = load_studies(settings.mappings_dir / "studies")
+    engine = make_engine(settings.database_url)
+    try:
+        migrate(engine)
+        store = prepare_store(engine, settings, studies, sources, load_demo=False)
+        summary = run_import(store, studies, spec, data, dry_run=args.dry_run)
+    except FhirError as exc:
+        print(f"{args.file}: not imported ({exc.status})\n{describe(exc)}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    print(json.dumps(summary.to_json(), indent=2, ensure_ascii=False))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,6 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--no-access-log", dest="access_log", action="store_false")
     serve.set_defaults(handler=_serve)
+    imports = commands.add_parser("import", help="import a CSV source file (all or nothing) through its spec")
+    imports.add_argument("spec", help="the source spec: enrolment, dosing, labs, madrs, ... (mappings/sources)")
+    imports.add_argument("file", help="the CSV file (UTF-8, comma-separated, one header row)")
+    imports.add_argument("--database-url", default=os.environ.get("DATABASE_URL"), help="as for serve")
+    imports.add_argument("--dry-run", action="store_true", help="check the file and report, without writing")
+    imports.set_defaults(handler=_import)
     args = parser.parse_args(argv)
     return int(args.handler(args))
 

@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import __version__
-from app.api import fhir
+from app.api import fhir, imports
 from app.api.responses import fhir_response
 from app.config import Settings, get_settings
 from app.content import prepare_store
@@ -21,6 +21,7 @@ from app.fhir import ucum
 from app.fhir.errors import FhirError, Issue, operation_outcome
 from app.fhir.rest import FhirService, Limits
 from app.fhir.validator_pool import ValidatorPool, default_workers
+from app.mapping.sources import load_sources
 from app.mapping.study_spec import load_studies
 from app.store.db import make_engine, migrate
 
@@ -41,15 +42,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         studies = load_studies(settings.mappings_dir / "studies")  # a bad spec stops start-up here
+        sources = load_sources(settings.mappings_dir / "sources")  # CSV import specs: likewise
         engine = make_engine(settings.database_url)
         migrate(engine)
         ucum.warm_up()  # ~1.5 s of unit tables, paid at start-up rather than by the first lab result
-        store = prepare_store(engine, settings, studies, load_demo=settings.load_demo)
         workers = default_workers() if settings.validation_workers is None else settings.validation_workers
         validator = ValidatorPool(workers)
+        store = prepare_store(engine, settings, studies, sources, load_demo=settings.load_demo, validator=validator)
         app.state.settings = settings
         app.state.store = store
         app.state.studies = studies
+        app.state.sources = sources
         app.state.fhir_service = FhirService(
             store,
             Limits(
@@ -72,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="FHIR R4 interoperability for immune-therapy clinical trials.",
     )
     app.include_router(fhir.router)
+    app.include_router(imports.router)
     _install_error_handlers(app)
     return app
 

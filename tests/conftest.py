@@ -16,7 +16,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
 from app.config import Settings
+from app.content import prepare_store
+from app.fhir.validator_pool import ValidatorPool, default_workers
 from app.main import create_app
+from app.mapping.sources import load_sources
+from app.mapping.study_spec import load_studies
 from app.store.db import make_engine, migrate
 from app.store.repository import Store
 from app.store.schema import metadata
@@ -50,6 +54,31 @@ def _truncate(engine: Engine) -> None:
         else:
             for table in tables:
                 conn.execute(text(f"DELETE FROM {table}"))
+
+
+@pytest.fixture(scope="session")
+def demo_database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite database holding the whole demo (terminology, studies, hospital population, imported study
+    CSVs), built once per test session for tests that only read it."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('demo') / 'demo.sqlite3'}"
+    settings = Settings(database_url=url, load_demo=True)
+    engine = make_engine(url)
+    migrate(engine)
+    validator = ValidatorPool(default_workers())
+    try:
+        studies = load_studies(settings.mappings_dir / "studies")
+        prepare_store(
+            engine,
+            settings,
+            studies,
+            load_sources(settings.mappings_dir / "sources"),
+            load_demo=True,
+            validator=validator,
+        )
+    finally:
+        validator.close()
+        engine.dispose()
+    return url
 
 
 @pytest.fixture(params=BACKENDS)

@@ -229,6 +229,11 @@ def _transaction(store: Store, raw_entries: list[Any], options: BundleOptions) -
     with store.transaction() as tx:
         tx.lock_conditions(_conditions(entries, sites))
         id_map = _resolve_identities(tx, entries)
+        tx.prefetch(
+            (e.resource_type, e.target_id)
+            for e in entries
+            if e.method in ("PUT", "DELETE") and e.resource_type and e.target_id
+        )
         resolver = _ReferenceResolver(tx, id_map, options.base_url)
         for entry in writing:
             rewrite_references(sites[entry.index], resolver)

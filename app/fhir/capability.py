@@ -23,7 +23,12 @@ def _resources() -> list[dict[str, Any]]:
     for resource_type in sorted(resource_types()):
         params = [{"name": name, "type": kind, "definition": url} for name, kind, url in _RESOURCE_PARAMS]
         params += [
-            {"name": code, "type": p.type, "definition": f"http://hl7.org/fhir/SearchParameter/{p.base}-{code}"}
+            # The parameter's own canonical (Observation `code` is clinical-code; ours are trialbridge.dev).
+            {
+                "name": code,
+                "type": p.type,
+                "definition": p.url or f"http://hl7.org/fhir/SearchParameter/{p.base}-{code}",
+            }
             for code, p in sorted(indexed_parameters(resource_type).items())
             if not code.startswith("_")
         ] + [

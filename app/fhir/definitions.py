@@ -27,6 +27,9 @@ from typing import Any
 DEFINITIONS_DIR = Path(__file__).with_name("r4_definitions")
 ELEMENTS_FILE = DEFINITIONS_DIR / "r4_elements.json"
 SEARCH_PARAMETERS_FILE = DEFINITIONS_DIR / "r4_search_parameters.json"
+# TrialBridge's own search parameters (study time), in the same compiled form, plus the SearchParameter
+# resources that publish them; merged after the core ones, never replacing one.
+CUSTOM_SEARCH_PARAMETERS_FILE = DEFINITIONS_DIR / "trialbridge_search_parameters.json"
 PATIENT_COMPARTMENT_FILE = DEFINITIONS_DIR / "r4_patient_compartment.json"
 
 
@@ -50,7 +53,9 @@ class SearchPath:
 
     ``where`` filters (element, literal) apply to the element reached after ``keys[:where_at]``
     (``where_at`` None: after all keys, e.g. ``telecom`` with ``system = phone``). ``resolve_types``
-    restricts a reference to these target types (``subject.where(resolve() is Patient)``).
+    restricts a reference to these target types (``subject.where(resolve() is Patient)``). ``filters``
+    are further ``(depth, where)`` pairs, for paths that filter at several steps, such as a complex
+    extension's sub-extension: ``extension.where(url=A).extension.where(url=B).value``.
     """
 
     keys: tuple[str, ...]
@@ -58,6 +63,7 @@ class SearchPath:
     where: tuple[tuple[str, str], ...] = ()
     resolve_types: tuple[str, ...] = ()
     where_at: int | None = None
+    filters: tuple[tuple[int, tuple[tuple[str, str], ...]], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +179,7 @@ def _path(raw: dict[str, Any]) -> SearchPath:
         where,
         tuple(raw.get("resolve", ())),
         None if where_at is None else int(where_at),
+        tuple((int(f["at"]), tuple((str(k), str(v)) for k, v in f["where"].items())) for f in raw.get("filters", ())),
     )
 
 
@@ -195,7 +202,19 @@ def _parameter(base: str, raw: dict[str, Any]) -> SearchParameter:
 @cache
 def _parameters_by_base() -> dict[str, dict[str, SearchParameter]]:
     params: dict[str, dict[str, Any]] = _search()["parameters"]
-    return {base: {code: _parameter(base, raw) for code, raw in by_code.items()} for base, by_code in params.items()}
+    by_base = {base: {code: _parameter(base, raw) for code, raw in by_code.items()} for base, by_code in params.items()}
+    for base, by_code in _load(CUSTOM_SEARCH_PARAMETERS_FILE)["parameters"].items():
+        for code, raw in by_code.items():
+            if code in by_base.get(base, {}):
+                raise ValueError(f"{CUSTOM_SEARCH_PARAMETERS_FILE.name}: {base}.{code} would replace a core parameter")
+            by_base.setdefault(base, {})[code] = _parameter(base, raw)
+    return by_base
+
+
+@cache
+def custom_search_parameter_resources() -> tuple[dict[str, Any], ...]:
+    """The SearchParameter resources (R4 JSON) defining TrialBridge's own parameters, to publish."""
+    return tuple(_load(CUSTOM_SEARCH_PARAMETERS_FILE)["resources"])
 
 
 @cache

@@ -1,5 +1,5 @@
 """Syntax checks for codes of the large external code systems we cannot ship (LOINC, SNOMED CT, ICD-10,
-ICD-10-CM, ATC, MedDRA): their check digits and patterns catch most typos in mapping specs and fixtures."""
+ICD-10-CM, ATC, MedDRA, NCIt): their check digits and patterns catch most typos in mapping specs and fixtures."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ ICD10 = "http://hl7.org/fhir/sid/icd-10"
 ICD10_CM = "http://hl7.org/fhir/sid/icd-10-cm"
 ATC = "http://www.whocc.no/atc"
 MEDDRA = "https://www.meddra.org"
+NCIT = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
 
 _LOINC = re.compile(r"(\d{1,7})-(\d)")
 _ICD10 = re.compile(r"[A-Z]\d\d(\.\d{1,2})?|[A-Z]\d\d-[A-Z]\d\d")  # a code, or a block such as C00-C97
 _ICD10_CM = re.compile(r"[A-Z]\d[0-9A-Z](\.[0-9A-Z]{1,4})?")
 _ATC = re.compile(r"[A-Z](\d\d([A-Z]([A-Z](\d\d)?)?)?)?")
 _MEDDRA = re.compile(r"1\d{7}")
+_NCIT = re.compile(r"C\d{1,7}")
 
 # Verhoeff's dihedral-group tables (SNOMED CT identifiers end in a Verhoeff check digit).
 _D = [
@@ -85,6 +87,10 @@ def meddra_ok(code: str) -> bool:
     return bool(_MEDDRA.fullmatch(code))
 
 
+def ncit_ok(code: str) -> bool:
+    return bool(_NCIT.fullmatch(code))
+
+
 CHECKS: dict[str, Callable[[str], bool]] = {
     LOINC: loinc_ok,
     SNOMED: snomed_ok,
@@ -92,6 +98,7 @@ CHECKS: dict[str, Callable[[str], bool]] = {
     ICD10_CM: icd10_cm_ok,
     ATC: atc_ok,
     MEDDRA: meddra_ok,
+    NCIT: ncit_ok,
 }
 
 

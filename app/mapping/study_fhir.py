@@ -15,6 +15,7 @@ from app.fhir import bundle
 from app.fhir.errors import FhirError
 from app.fhir.ucum import UCUM_SYSTEM
 from app.mapping.study_spec import StudyRegistry, StudySpec
+from app.mapping.study_time import visit_system
 from app.store.repository import Store
 
 TB = "https://trialbridge.dev/fhir"
@@ -56,7 +57,43 @@ def study_resources(spec: StudySpec) -> list[dict[str, Any]]:
         to_fhir_schedule(spec),
         to_fhir_eligibility_group(spec),
         to_fhir_eligibility_evidence_variable(spec),
+        to_fhir_visit_code_system(spec),
     ]
+
+
+def to_fhir_visit_code_system(spec: StudySpec) -> dict[str, Any]:
+    """The study's nominal visits as codes (repeats expanded: course-1, course-2...), the system the
+    study-time extension's visit Coding uses."""
+    return {
+        "resourceType": "CodeSystem",
+        "id": f"{spec.id}-visit",
+        "url": visit_system(spec.id),
+        "name": f"{spec.acronym.replace('-', '')}Visits",
+        "title": f"{spec.acronym}: nominal visits",
+        "status": "active",
+        "content": "complete",
+        "property": [
+            {"code": "study-day", "description": "nominal study day (relative to the first dose)", "type": "integer"}
+        ],
+        "concept": [_visit_concept(spec, visit) for visit in spec.schedule],
+    }
+
+
+def _visit_concept(spec: StudySpec, visit: Any) -> dict[str, Any]:
+    """A visit; a repeating one is the parent of its occurrences (a file may name either)."""
+    day = [{"code": "study-day", "valueInteger": visit.day}]
+    if visit.repeat is None:
+        return {"code": visit.id, "display": visit.name, "property": day}
+    occurrences = [v for v in spec.visits() if v[0].rsplit("-", 1)[0] == visit.id]
+    return {
+        "code": visit.id,
+        "display": f"{visit.name} (every {visit.every} days)",
+        "property": day,
+        "concept": [
+            {"code": v[0], "display": v[1], "property": [{"code": "study-day", "valueInteger": v[2]}]}
+            for v in occurrences
+        ],
+    }
 
 
 def criterion_kind_code_system() -> dict[str, Any]:
@@ -495,6 +532,13 @@ def install_studies(store: Store, studies: StudyRegistry, base_url: str = "http:
     resources = [criterion_kind_code_system()]
     for spec in studies:
         resources += study_resources(spec)
+    return install_resources(store, resources, base_url)
+
+
+def install_resources(
+    store: Store, resources: list[dict[str, Any]], base_url: str = "http://127.0.0.1:8000/fhir"
+) -> int:
+    """PUT resources with their ids in one transaction (an unchanged PUT writes nothing); entries processed."""
     transaction = {
         "resourceType": "Bundle",
         "type": "transaction",

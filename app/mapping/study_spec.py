@@ -227,6 +227,16 @@ class StudySpec(Strict):
         """The inverse of :meth:`study_day`."""
         return study_day - self.first_dose_day if study_day >= self.first_dose_day else study_day
 
+    def occurrence(self, visit_id: str, study_day: int | None) -> str:
+        """A recorded visit as a nominal visit id: a repeating visit named by its base id (`course`) becomes
+        the occurrence for that day (`course-4`: the one whose window holds it, else the nearest)."""
+        visit = next((v for v in self.schedule if v.id == visit_id), None)
+        if visit is None or visit.repeat is None or study_day is None:
+            return visit_id
+        occurrences = [v for v in self.visits() if v[0].rsplit("-", 1)[0] == visit_id and v[0] != visit_id]
+        inside = [v for v in occurrences if v[2] - v[3] <= study_day <= v[2] + v[4]]
+        return min(inside or occurrences, key=lambda v: abs(study_day - v[2]))[0]
+
     def nominal_visit(self, study_day: int) -> str | None:
         """The visit whose window holds this study day (the closest nominal day wins a tie)."""
         best: tuple[int, str] | None = None

@@ -124,6 +124,9 @@ def _elements(first: Any, path: SearchPath) -> list[Any]:
     for depth in range(1, len(keys)):
         if where and where_at == depth:
             current = [n for n in current if _matches(n, where)]
+        for at, also in path.filters:
+            if at == depth:
+                current = [n for n in current if _matches(n, also)]
         following: list[Any] = []
         key = keys[depth]
         for node in current:

@@ -38,6 +38,7 @@ from app.store.search import (
     encode_page_token,
 )
 
+_PREFETCH_CHUNK = 500  # ids per IN list: well under SQLite's 32,766 bound variables
 _RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
 
 # (resource type, content) -> content to store: e.g. alias codings completed. Injected (the store knows
@@ -443,6 +444,8 @@ class WriteTransaction:
         self._pending_index: dict[str, list[dict[str, Any]]] = {}
         self._pending_keys: set[tuple[str, str]] = set()
         self._held_locks: set[str] = set()
+        # Current rows read ahead in bulk (None: known not to exist); each is used once, then re-read.
+        self._prefetched: dict[tuple[str, str], Any] = {}
 
     # Buffered creates ---------------------------------------------------------------------------
 
@@ -505,9 +508,29 @@ class WriteTransaction:
         row = self._current_row(resource_type, res_id)
         return row is not None and not row.deleted
 
+    def prefetch(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Read (and on PostgreSQL lock) the current rows of resources about to be updated or deleted, a
+        few queries for a whole bundle instead of one per entry: a re-import of 20,000 unchanged rows
+        spent most of its time in those single-row reads."""
+        wanted = {key for key in keys if key not in self._pending_keys}
+        for resource_type, ids in _by_type(wanted).items():
+            for start in range(0, len(ids), _PREFETCH_CHUNK):
+                chunk = ids[start : start + _PREFETCH_CHUNK]
+                statement = select(resource_table).where(
+                    resource_table.c.res_type == resource_type, resource_table.c.res_id.in_(chunk)
+                )
+                if not self._sqlite:
+                    statement = statement.with_for_update()
+                found = {row.res_id: row for row in self.conn.execute(statement)}
+                for res_id in chunk:
+                    self._prefetched[(resource_type, res_id)] = found.get(res_id)
+
     def _current_row(self, resource_type: str, res_id: str) -> Any:
-        if (resource_type, res_id) in self._pending_keys:  # created earlier in this transaction, not yet written
+        key = (resource_type, res_id)
+        if key in self._pending_keys:  # created earlier in this transaction, not yet written
             self.flush()
+        elif key in self._prefetched:
+            return self._prefetched.pop(key)
         statement = select(resource_table).where(
             resource_table.c.res_type == resource_type, resource_table.c.res_id == res_id
         )

@@ -26,8 +26,18 @@ class LiveServer:
     log_path: Path
 
 
-def start_live_server(database_url: str, log_path: Path, *extra: str, port: int | None = None) -> LiveServer:
-    """Start the server and wait until /fhir/metadata answers; raises with the log tail if it dies."""
+def start_live_server(
+    database_url: str,
+    log_path: Path,
+    *extra: str,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    startup_timeout: float = 60,
+) -> LiveServer:
+    """Start the server and wait until /fhir/metadata answers; raises with the log tail if it dies.
+
+    `env` adds environment variables (e.g. TRIALBRIDGE_FIXTURES_DIR); a first `--demo` start imports
+    the whole demo before it answers, so give it a longer `startup_timeout`."""
     port = port or free_port()
     command = [
         sys.executable,
@@ -46,9 +56,9 @@ def start_live_server(database_url: str, log_path: Path, *extra: str, port: int 
         *extra,
     ]
     with log_path.open("wb") as log:  # the child keeps its own descriptor
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})  # noqa: S603
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})  # noqa: S603
     base = f"http://127.0.0.1:{port}/fhir"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + startup_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"trialbridge serve exited early:\n{log_path.read_text()[-3000:]}")
@@ -59,7 +69,9 @@ def start_live_server(database_url: str, log_path: Path, *extra: str, port: int 
             pass
         time.sleep(0.2)
     process.terminate()
-    raise RuntimeError(f"trialbridge serve did not answer within 60 s:\n{log_path.read_text()[-3000:]}")
+    raise RuntimeError(
+        f"trialbridge serve did not answer within {startup_timeout:.0f} s:\n{log_path.read_text()[-3000:]}"
+    )
 
 
 def stop_live_server(server: LiveServer) -> None:

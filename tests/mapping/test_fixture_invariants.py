@@ -10,21 +10,15 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
-from app.config import Settings
-from app.content import prepare_store
 from app.fhir.ucum import UCUM_SYSTEM, is_valid
 from app.fhir.validation import validate_resource
 from app.mapping.code_checks import code_ok
-from app.mapping.study_spec import load_studies
-from app.store.db import make_engine, migrate
-
-ROOT = Path(__file__).resolve().parents[2]
+from app.store.db import make_engine
 
 # Codes of the HL7 code systems the fixtures use, copied from the official R4 (4.0.1) CodeSystems
 # (hl7.fhir.r4.core / terminology.hl7.org); a code outside them is a mapping bug.
@@ -83,17 +77,19 @@ EXTERNAL_TEXT_ONLY = {"urn:ietf:bcp:47"}  # language tags: not checked here
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+def published(demo_database_url: str) -> list[dict[str, Any]]:
     """Every current resource after a demo start-up (SQLite: the invariants concern the data, not the engine)."""
-    path = tmp_path_factory.mktemp("invariants") / "demo.sqlite3"
-    settings = Settings(database_url=f"sqlite:///{path}")
-    engine = make_engine(settings.database_url)
-    migrate(engine)
-    prepare_store(engine, settings, load_studies(settings.mappings_dir / "studies"), load_demo=True)
+    engine = make_engine(demo_database_url)
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT content FROM resource WHERE deleted = 0")).all()
     engine.dispose()
     return [json.loads(row[0]) if isinstance(row[0], str) else row[0] for row in rows]
+
+
+def _concepts(concepts: list[dict[str, Any]]) -> Iterator[str]:
+    for concept in concepts:
+        yield concept["code"]
+        yield from _concepts(concept.get("concept", []))
 
 
 def _walk(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -143,7 +139,7 @@ def test_every_reference_resolves(published: list[dict[str, Any]]) -> None:
 
 def test_every_code_is_in_its_code_system(published: list[dict[str, Any]]) -> None:
     own = {
-        r["url"]: {c["code"] for c in r.get("concept", [])}
+        r["url"]: set(_concepts(r.get("concept", [])))
         for r in published
         if r["resourceType"] == "CodeSystem" and r.get("content") == "complete"
     }

@@ -96,7 +96,7 @@ def test_study_resources_match_the_golden_files_and_validate(studies: StudyRegis
 def test_depil2_research_study_says_what_the_registry_says(studies: StudyRegistry) -> None:
     spec = studies.find("depil-2")
     assert spec is not None
-    study, schedule, group, variable = study_resources(spec)
+    study, schedule, group, variable, visits = study_resources(spec)
     assert study["status"] == "active"
     assert study["phase"]["coding"][0]["code"] == "phase-2"
     assert [(a["id"], a["name"], a["type"]["coding"][0]["code"]) for a in study["arm"]] == [
@@ -128,6 +128,8 @@ def test_depil2_research_study_says_what_the_registry_says(studies: StudyRegistr
     # EvidenceVariable: all 34 criteria in order, manual ones say why.
     assert len(variable["characteristic"]) == len(spec.eligibility.criteria) == 34
     manual = [c for c in variable["characteristic"] if "definitionCodeableConcept" in c]
+    assert [c["code"] for c in visits["concept"]][:3] == ["screening", "d1", "d2"]
+    assert visits["url"] == "https://trialbridge.dev/fhir/CodeSystem/depil-2/visit"
     assert len(manual) == 12 and all(
         c["definitionCodeableConcept"]["text"].startswith("Manual review: ") for c in manual
     )

@@ -275,6 +275,8 @@ def test_get_the_published_code_system_and_concept_maps(client: TestClient, term
     assert set(published) == {
         ("CodeSystem", "trialbridge-measure"),
         ("CodeSystem", "trialbridge-local-lab"),
+        ("CodeSystem", "trialbridge-selena-sledai-descriptor"),
+        ("CodeSystem", "trialbridge-tag"),
         ("ConceptMap", "local-lab-to-standard"),
         ("ConceptMap", "aliases-to-measure"),
     }

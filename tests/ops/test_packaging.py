@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import httpx
 from app.testing.live import start_live_server, stop_live_server
 
 ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "fixtures"
 
 
 def test_dockerfile_lints_clean() -> None:
@@ -36,23 +38,49 @@ def test_readme_quick_start_has_two_commands_and_ci_runs_the_test_one() -> None:
     assert ci_lines == [test_command]
 
 
-def test_serve_demo_loads_fixtures_idempotently(database_url: str, tmp_path: Path) -> None:
-    for attempt in range(2):  # a second start loads the same demo again and must change nothing
-        server = start_live_server(database_url, tmp_path / f"server{attempt}.log", "--demo")
+def _count(base_url: str, path: str) -> int:
+    total: int = httpx.get(f"{base_url}/{path}", params={"_summary": "count"}).json()["total"]
+    return total
+
+
+def _demo_patients() -> int:
+    """Patients the demo holds: those of the demo bundles plus one per enrolled study subject."""
+    bundles = [json.loads(p.read_text()) for p in sorted((FIXTURES / "demo").glob("*.json"))]
+    in_bundles = sum(1 for b in bundles for e in b["entry"] if e["resource"]["resourceType"] == "Patient")
+    enrolled = sum(len(p.read_text().splitlines()) - 1 for p in (FIXTURES / "studies").glob("*/enrolment.csv"))
+    return in_bundles + enrolled
+
+
+def test_serve_demo_loads_the_studies_and_their_data_once(database_url: str, tmp_path: Path) -> None:
+    versions = []
+    for attempt in range(2):  # a second start finds the same demo loaded and must change nothing
+        server = start_live_server(database_url, tmp_path / f"server{attempt}.log", "--demo", startup_timeout=600)
         try:
-            patients = httpx.get(f"{server.base_url}/Patient", params={"_summary": "count"}).json()
-            observations = httpx.get(f"{server.base_url}/Observation", params={"_summary": "count"}).json()
-            history = httpx.get(f"{server.base_url}/Patient/demo-p01/_history").json()
+            base = server.base_url
+            studies = httpx.get(f"{base}/ResearchStudy", params={"_sort": "_id"}).json()
+            assert [e["resource"]["id"] for e in studies["entry"]] == ["depil-2", "mirocals", "msc-sle"]
+            r5 = httpx.get(
+                f"{base}/ResearchStudy/mirocals", headers={"Accept": "application/fhir+json; fhirVersion=5.0"}
+            )
+            assert [g["linkId"] for g in r5.json()["comparisonGroup"]] == ["il2", "placebo"]
+            assert _count(base, "Patient") == _demo_patients()
+            assert _count(base, "ResearchSubject?study=ResearchStudy/mirocals") == 220
+            assert _count(base, "Observation?code=https://trialbridge.dev/fhir/CodeSystem/measure|pnfh-csf") > 150
+            assert _count(base, "MedicationAdministration?study-visit=d5") > 0  # study time is indexed
+            versions.append(_count(base, "_history"))
         finally:
             stop_live_server(server)
-        assert patients["total"] == 6
-        assert observations["total"] == 24
-        assert history["total"] == 1, "reloading the demo must not write new versions"
+    assert versions[0] == versions[1], "restarting with the demo must not write new versions"
 
 
 def test_serve_with_two_worker_processes(database_url: str, tmp_path: Path) -> None:
     """`--workers 2`: migrations and the demo run once in the parent; both workers answer from one database."""
-    server = start_live_server(database_url, tmp_path / "server.log", "--workers", "2", "--demo")
+    # The small sample bundle only: the whole demo is exercised above.
+    fixtures = tmp_path / "fixtures"
+    (fixtures / "demo").mkdir(parents=True)
+    shutil.copy(FIXTURES / "demo" / "001_hospital_sample.json", fixtures / "demo")
+    env = {"TRIALBRIDGE_FIXTURES_DIR": str(fixtures)}
+    server = start_live_server(database_url, tmp_path / "server.log", "--workers", "2", "--demo", env=env)
     try:
         with httpx.Client(base_url=server.base_url) as client:
             created = client.post(
