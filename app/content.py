@@ -63,21 +63,23 @@ def load_demo_data(
         log.info("demo: already loaded (digest %s)", digest[:12])
         return
     load_bundles(store, settings.fixtures_dir)
-    summaries = import_directory(store, studies, settings.fixtures_dir / "studies", sources, validator=validator)
-    log.info("demo: imported %d study files", len(summaries))
+    if (settings.fixtures_dir / "studies").is_dir():
+        summaries = import_directory(store, studies, settings.fixtures_dir / "studies", sources, validator=validator)
+        log.info("demo: imported %d study files", len(summaries))
     install_resources(store, [_marker(digest)])
 
 
 def demo_digest(settings: Settings) -> str:
+    fixtures, mappings = settings.fixtures_dir, settings.mappings_dir
     files = [
-        *sorted((settings.fixtures_dir / "demo").glob("*.json")),
-        *sorted((settings.fixtures_dir / "studies").glob("*/*.csv")),
-        *sorted(settings.mappings_dir.glob("*/*.yaml")),
-        *sorted(settings.mappings_dir.glob("*/*.json")),
+        *((fixtures, p) for p in sorted((fixtures / "demo").glob("*.json"))),
+        *((fixtures, p) for p in sorted((fixtures / "studies").glob("*/*.csv"))),
+        *((mappings, p) for p in sorted(mappings.glob("*/*.yaml"))),
+        *((mappings, p) for p in sorted(mappings.glob("*/*.json"))),
     ]
     digest = hashlib.sha256()
-    for path in files:
-        digest.update(str(path.relative_to(settings.fixtures_dir.parent)).encode() + b"\0" + path.read_bytes())
+    for root, path in files:
+        digest.update(f"{root.name}/{path.relative_to(root)}".encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 

@@ -14,9 +14,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import __version__
 from app.api import fhir, imports
+from app.api import studies as study_routes
 from app.api.responses import fhir_response
 from app.config import Settings, get_settings
 from app.content import prepare_store
+from app.eligibility.service import EligibilityService
 from app.fhir import ucum
 from app.fhir.errors import FhirError, Issue, operation_outcome
 from app.fhir.rest import FhirService, Limits
@@ -53,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = store
         app.state.studies = studies
         app.state.sources = sources
+        app.state.eligibility = EligibilityService(store, studies)
         app.state.fhir_service = FhirService(
             store,
             Limits(
@@ -76,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(fhir.router)
     app.include_router(imports.router)
+    app.include_router(study_routes.router)
     _install_error_handlers(app)
     return app
 

@@ -3,35 +3,57 @@
 from __future__ import annotations
 
 import calendar
-import re
 from datetime import date, timedelta
 from typing import Any
 
 from app.eligibility.criteria import Window
-
-# A FHIR date, dateTime or instant: the date part is all that counts here (the local date as written).
-_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T.*)?)?)?$")
+from app.fhir.dates import date_range
 
 Span = tuple[date, date]
 
 
 def date_span(value: Any) -> Span | None:
-    """The first and last day a FHIR date/dateTime/instant covers, by its date part as written (no time-zone
-    shift): `2026-10-27T08:20:00+01:00` is 27 October, `2021-10` all of October, `2021` the whole year.
-    None when `value` is not a date."""
-    match = _DATE.match(value) if isinstance(value, str) else None
-    if match is None:
+    """The first and last UTC day a FHIR date/dateTime/instant covers, as the index tables store it
+    (`app.fhir.dates.date_range`): `2026-10-27T23:30:00-05:00` is 28 October (04:30 UTC), `2021-10` all
+    of October, `2021` the whole year. None when `value` is not a date."""
+    bounds = date_range(value) if isinstance(value, str) else None
+    if bounds is None:
         return None
-    year, month, day = (int(part) if part else None for part in match.groups())
-    try:
-        if month is None:
-            return date(year, 1, 1), date(year, 12, 31)  # type: ignore[arg-type]
-        if day is None:
-            return date(year, month, 1), date(year, month, calendar.monthrange(year, month)[1])  # type: ignore[arg-type]
-        found = date(year, month, day)  # type: ignore[arg-type]
-        return found, found
-    except ValueError:
+    return bounds[0].date(), bounds[1].date()
+
+
+def period_span(period: Any) -> Span | None:
+    """The days a Period covers: its start's first day to its end's last day; without an end, its start's
+    first day only (the index keeps an open end, so nothing later is known); None without a start."""
+    if not isinstance(period, dict):
         return None
+    start, end = date_span(period.get("start")), date_span(period.get("end"))
+    if start is None:
+        return None
+    return start[0], end[1] if end is not None else start[0]
+
+
+def timing_span(timing: Any) -> Span | None:
+    """The days a Timing covers, as its date index rows say: the span of its events and its boundsPeriod."""
+    if not isinstance(timing, dict):
+        return None
+    spans = [span for event in timing.get("event") or () if (span := date_span(event)) is not None]
+    bounds = period_span((timing.get("repeat") or {}).get("boundsPeriod"))
+    if bounds is not None:
+        spans.append(bounds)
+    if not spans:
+        return None
+    return min(span[0] for span in spans), max(span[1] for span in spans)
+
+
+def written_date(value: Any) -> str | None:
+    """How evidence shows a date: a partial or plain date as written, a date-time as its UTC day."""
+    if not isinstance(value, str):
+        return None
+    span = date_span(value)
+    if len(value) <= 10 or span is None:
+        return value[:10]
+    return span[0].isoformat()
 
 
 def minus_months(day: date, months: int) -> date:
@@ -68,4 +90,14 @@ def describe_window(window: Window) -> str:
     raise AssertionError("a window has one unit")  # pragma: no cover - the model guarantees it
 
 
-__all__ = ["Span", "date_span", "describe_window", "minus_months", "minus_window", "whole_years"]
+__all__ = [
+    "Span",
+    "date_span",
+    "describe_window",
+    "minus_months",
+    "minus_window",
+    "period_span",
+    "timing_span",
+    "whole_years",
+    "written_date",
+]

@@ -16,7 +16,16 @@ from datetime import date
 from typing import Any
 
 from app.eligibility import criteria as c
-from app.eligibility.dates import Span, date_span, describe_window, minus_window, whole_years
+from app.eligibility.dates import (
+    Span,
+    date_span,
+    describe_window,
+    minus_window,
+    period_span,
+    timing_span,
+    whole_years,
+    written_date,
+)
 from app.eligibility.outcome import CriterionResult, Evidence, PatientResult, outcome_of, status_of
 from app.fhir.ucum import RELATIVE_TOLERANCE, UCUM_SYSTEM, conversion
 
@@ -28,9 +37,15 @@ LOINC = c.SYSTEMS["loinc"]
 INTERPRETATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 _SHORT = {url: short for short, url in c.SYSTEMS.items()}
 
-# Element paths holding a resource's date, in order of preference (README, "Three-valued semantics").
-CONDITION_DATE = (("onsetDateTime",), ("onsetPeriod", "start"), ("recordedDate",))
-OBSERVATION_DATE = (("effectiveDateTime",), ("effectivePeriod", "start"), ("effectiveInstant",), ("issued",))
+# The elements holding a resource's date, in order of preference, and their FHIR types: what the date search
+# parameters index (README, "Three-valued semantics"): Condition onset-date then recorded-date, Observation date.
+CONDITION_DATE = (("onsetDateTime", "dateTime"), ("onsetPeriod", "Period"), ("recordedDate", "dateTime"))
+OBSERVATION_DATE = (
+    ("effectiveDateTime", "dateTime"),
+    ("effectivePeriod", "Period"),
+    ("effectiveTiming", "Timing"),
+    ("effectiveInstant", "instant"),
+)
 
 VOID_VERIFICATION = frozenset({"refuted", "entered-in-error"})
 ACTIVE_CLINICAL = frozenset({"active", "recurrence", "relapse"})
@@ -45,6 +60,11 @@ PARTICIPATING = frozenset(
     {"on-study", "on-study-intervention", "on-study-observation", "pending-on-study", "follow-up", "off-study"}
 )
 ONGOING_PARTICIPATION = PARTICIPATING - {"off-study"}
+# Medication uses: the statuses that count, and those meaning a use without an end is ongoing.
+STATEMENT_NOT_TAKEN = frozenset({"entered-in-error", "not-taken", "intended"})  # every other status counts
+REQUEST_STATUSES, REQUEST_ONGOING = frozenset({"active", "completed"}), frozenset({"active"})
+ADMINISTRATION_STATUSES, ADMINISTRATION_ONGOING = frozenset({"completed", "in-progress"}), frozenset({"in-progress"})
+STATEMENT_ONGOING = frozenset({"active"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +96,28 @@ def matching_coding(concept: Any, refs: Iterable[c.CodeRef]) -> dict[str, Any] |
     return None
 
 
-def _status_code(concept: Any) -> str | None:
-    """The code of a status CodeableConcept (Condition.clinicalStatus / verificationStatus)."""
-    if isinstance(concept, dict):
-        for coding in concept.get("coding") or ():
-            if isinstance(coding, dict) and isinstance(coding.get("code"), str):
-                return str(coding["code"])
-    return None
+def _status_codes(concept: Any) -> frozenset[str]:
+    """The codes of a status CodeableConcept (Condition.clinicalStatus / verificationStatus), any coding."""
+    if not isinstance(concept, dict):
+        return frozenset()
+    return frozenset(
+        str(coding["code"])
+        for coding in concept.get("coding") or ()
+        if isinstance(coding, dict) and isinstance(coding.get("code"), str)
+    )
+
+
+def _void(resource: dict[str, Any]) -> bool:
+    """verificationStatus refuted or entered-in-error (any of its codings)."""
+    return not _status_codes(resource.get("verificationStatus")).isdisjoint(VOID_VERIFICATION)
+
+
+def _clinical(resource: dict[str, Any]) -> tuple[bool | None, str]:
+    """Whether clinicalStatus says active/recurrence/relapse (None: no clinicalStatus), and its codes as text."""
+    codes = _status_codes(resource.get("clinicalStatus"))
+    if not codes:
+        return None, ""
+    return not codes.isdisjoint(ACTIVE_CLINICAL), "/".join(sorted(codes))
 
 
 def _get(resource: dict[str, Any], path: tuple[str, ...]) -> Any:
@@ -92,12 +127,22 @@ def _get(resource: dict[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
-def _dated(resource: dict[str, Any], paths: tuple[tuple[str, ...], ...]) -> tuple[str | None, Span | None]:
-    """The first date element present (as written, date part only) and the days it covers."""
-    for path in paths:
-        value = _get(resource, path)
-        if isinstance(value, str):
-            return value[:10], date_span(value)
+def _dated(resource: dict[str, Any], elements: tuple[tuple[str, str], ...]) -> tuple[str | None, Span | None]:
+    """The first date element that gives days (dateTime/instant; Period with a start; Timing), as evidence
+    shows it (`written_date`), and the UTC days it covers."""
+    for key, fhir_type in elements:
+        value = resource.get(key)
+        if fhir_type == "Period":
+            span = period_span(value)
+            written = written_date(value.get("start")) if span is not None and isinstance(value, dict) else None
+        elif fhir_type == "Timing":
+            span = timing_span(value)
+            written = span[0].isoformat() if span is not None else None
+        else:
+            span = date_span(value)
+            written = written_date(value)
+        if span is not None:
+            return written, span
     return None, None
 
 
@@ -115,7 +160,7 @@ def _reference(resource: dict[str, Any]) -> str:
     return f"{resource.get('resourceType')}/{resource.get('id')}"
 
 
-def _reference_key(reference: Any) -> str | None:
+def reference_key(reference: Any) -> str | None:
     """`Type/id` of a relative or absolute literal reference (version and base URL dropped)."""
     if not isinstance(reference, str) or reference.startswith(("urn:", "#")):
         return None
@@ -178,7 +223,7 @@ class PatientData:
 
     def __init__(self, resources: list[dict[str, Any]], as_of: date, study_reference: str) -> None:
         self.as_of = as_of
-        self.study_key = _reference_key(study_reference) or study_reference
+        self.study_key = reference_key(study_reference) or study_reference
         self.by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for resource in resources:
             self.by_type[str(resource.get("resourceType"))].append(resource)
@@ -253,7 +298,7 @@ def _condition(node: c.Condition, patient: PatientData) -> Verdict:
         coding = matching_coding(resource.get("code"), node.codes)
         if coding is None or matching_coding(resource.get("code"), node.exceptions) is not None:
             continue
-        if _status_code(resource.get("verificationStatus")) in VOID_VERIFICATION:
+        if _void(resource):
             continue
         written, span = _dated(resource, CONDITION_DATE)
         if span is not None and span[0] > patient.as_of:
@@ -262,8 +307,8 @@ def _condition(node: c.Condition, patient: PatientData) -> Verdict:
         base = Evidence(
             reference=_reference(resource), date=written, code=short_code(coding.get("system"), coding.get("code"))
         )
-        clinical = _status_code(resource.get("clinicalStatus"))
-        if node.active_only and clinical is not None and clinical not in ACTIVE_CLINICAL:
+        active, clinical = _clinical(resource)
+        if node.active_only and active is False:
             others.append(replace(base, note=f"clinicalStatus {clinical}"))
             continue
         if start is not None:
@@ -303,9 +348,6 @@ class _Reading:
 def _threshold_reading(node: c.Observation, resource: dict[str, Any]) -> tuple[bool, float, Any, str, str | None] | str:
     """(meets, rank, value and unit as written, conversion note) for a usable value, else why it is not usable."""
     assert node.comparator is not None and node.value is not None and node.unit is not None
-    integer = _number(resource.get("valueInteger"))
-    if integer is not None:
-        return compare(integer, node.comparator, node.value), integer, resource["valueInteger"], node.unit, None
     quantity = _dict(resource.get("valueQuantity"))
     value = _number(quantity.get("value"))
     if value is None:
@@ -346,47 +388,52 @@ def positivity(resource: dict[str, Any]) -> tuple[bool, str] | str:
     for code in interpretations:
         if code in NEGATIVE_INTERPRETATIONS:
             return False, f"interpretation {code}"
-    concept = resource.get("valueCodeableConcept")
-    if isinstance(concept, dict):
-        for coding in concept.get("coding") or ():
-            if isinstance(coding, dict) and coding.get("system") == SNOMED:
-                if coding.get("code") == POSITIVE_VALUE:
-                    return True, f"value snomed|{POSITIVE_VALUE}"
-                if coding.get("code") == NEGATIVE_VALUE:
-                    return False, f"value snomed|{NEGATIVE_VALUE}"
-    quantity = resource.get("valueQuantity")
-    value = _number(quantity.get("value")) if isinstance(quantity, dict) else None
-    high = next(
-        (
-            ref["high"]
-            for ref in resource.get("referenceRange") or ()
-            if isinstance(ref, dict) and isinstance(ref.get("high"), dict)
-        ),
-        None,
-    )
-    high_value = _number(high.get("value")) if high is not None else None
-    if value is None or high is None or high_value is None:
+    coded = {
+        coding.get("code")
+        for coding in _dict(resource.get("valueCodeableConcept")).get("coding") or ()
+        if isinstance(coding, dict) and coding.get("system") == SNOMED
+    }
+    if POSITIVE_VALUE in coded:
+        return True, f"value snomed|{POSITIVE_VALUE}"
+    if NEGATIVE_VALUE in coded:
+        return False, f"value snomed|{NEGATIVE_VALUE}"
+    quantity = _dict(resource.get("valueQuantity"))
+    value = _number(quantity.get("value"))
+    highs = [
+        ref["high"]
+        for ref in resource.get("referenceRange") or ()
+        if isinstance(ref, dict) and isinstance(ref.get("high"), dict) and _number(ref["high"].get("value")) is not None
+    ]
+    if value is None or not highs:
         return "no interpretation, coded result, or value with a reference high"
-    assert isinstance(quantity, dict)
-    code, high_code = quantity.get("code"), high.get("code")
     unit_text = quantity.get("code") or quantity.get("unit") or ""
-    if high_code is None and high.get("unit") is None:  # a bare number: in the value's unit
-        compared: tuple[float, float] | None = (value, high_value)
-    elif quantity.get("system") == high.get("system") and code == high_code and code is not None:
-        compared = (value, high_value)
-    else:
-        here = _canonical(value, code) if quantity.get("system") == UCUM_SYSTEM and isinstance(code, str) else None
-        there = (
-            _canonical(high_value, high_code)
-            if high.get("system") == UCUM_SYSTEM and isinstance(high_code, str)
-            else None
-        )
-        compared = (here[0], there[0]) if here and there and here[1] == there[1] else None
-    if compared is None:
-        return f"reference high in {high.get('code') or high.get('unit')!r}, the value in {unit_text!r}"
-    positive = compare(compared[0], ">", compared[1])
+    # Every reference high comparable with the value: positive only above all of them.
+    compared = [(pair, high) for high in highs if (pair := _against_high(quantity, value, high)) is not None]
+    if not compared:
+        units = ", ".join(repr(high.get("code") or high.get("unit")) for high in highs)
+        return f"reference high in {units}, the value in {unit_text!r}"
+    below = next(((pair, high) for pair, high in compared if not compare(pair[0], ">", pair[1])), None)
+    positive = below is None
+    pair, high = below if below is not None else max(compared, key=lambda item: item[0][1])
     sign = ">" if positive else "<="
-    return positive, " ".join(filter(None, (_g(value), unit_text, sign, "reference high", _g(high_value))))
+    return positive, " ".join(filter(None, (_g(value), unit_text, sign, "reference high", _g(high["value"]))))
+
+
+def _against_high(quantity: dict[str, Any], value: float, high: dict[str, Any]) -> tuple[float, float] | None:
+    """The value and a reference high as two comparable numbers, or None when their units differ: a bare
+    high (no unit, no code) is in the value's unit; the same system and code compare as written; else both
+    are UCUM and convert to the same canonical unit."""
+    high_value = float(high["value"])
+    code, high_code = quantity.get("code"), high.get("code")
+    if high_code is None and high.get("unit") is None:
+        return value, high_value
+    if quantity.get("system") == high.get("system") and code == high_code and code is not None:
+        return value, high_value
+    here = _canonical(value, code) if quantity.get("system") == UCUM_SYSTEM and isinstance(code, str) else None
+    there = (
+        _canonical(high_value, high_code) if high.get("system") == UCUM_SYSTEM and isinstance(high_code, str) else None
+    )
+    return (here[0], there[0]) if here and there and here[1] == there[1] else None
 
 
 def _observation(node: c.Observation, patient: PatientData) -> Verdict:
@@ -403,7 +450,7 @@ def _observation(node: c.Observation, patient: PatientData) -> Verdict:
         code_text = short_code(coding.get("system"), coding.get("code"))
         reference = _reference(resource)
         if span is None:
-            unusable.append(Evidence(reference=reference, code=code_text, note="no effective or issued date"))
+            unusable.append(Evidence(reference=reference, code=code_text, note="no effective date"))
             continue
         if start is not None:
             inside = _in_window(span, start)
@@ -456,25 +503,25 @@ class _Use:
 
 def _medication_uses(patient: PatientData, codes: list[c.CodeRef]) -> list[_Use]:
     uses = []
-    kinds: tuple[tuple[str, Callable[[str | None], bool], set[str], tuple[str, ...], str], ...] = (
+    kinds: tuple[tuple[str, Callable[[str | None], bool], frozenset[str], tuple[str, ...], str], ...] = (
         (
             "MedicationStatement",
-            lambda status: status not in {"entered-in-error", "not-taken", "intended"},
-            {"active"},
+            lambda status: status not in STATEMENT_NOT_TAKEN,
+            STATEMENT_ONGOING,
             ("effectivePeriod",),
             "effectiveDateTime",
         ),
         (
             "MedicationRequest",
-            lambda status: status in {"active", "completed"},
-            {"active"},
+            lambda status: status in REQUEST_STATUSES,
+            REQUEST_ONGOING,
             ("dispenseRequest", "validityPeriod"),
             "authoredOn",
         ),
         (
             "MedicationAdministration",
-            lambda status: status in {"completed", "in-progress"},
-            {"in-progress"},
+            lambda status: status in ADMINISTRATION_STATUSES,
+            ADMINISTRATION_ONGOING,
             ("effectivePeriod",),
             "effectiveDateTime",
         ),
@@ -485,20 +532,19 @@ def _medication_uses(patient: PatientData, codes: list[c.CodeRef]) -> list[_Use]
             coding = matching_coding(resource.get("medicationCodeableConcept"), codes)
             if coding is None or not counts(status):
                 continue
-            period = _get(resource, period_path)
-            if isinstance(period, dict):
-                first, last = date_span(period.get("start")), date_span(period.get("end"))
-                written = period["start"][:10] if isinstance(period.get("start"), str) else None
+            period = _dict(_get(resource, period_path))
+            first, last = date_span(period.get("start")), date_span(period.get("end"))
+            if first is not None or last is not None:  # a Period counts when it has a start or an end
+                written = written_date(period.get("start"))
             else:
-                first = date_span(resource.get(moment))
-                last = first
-                written = resource[moment][:10] if isinstance(resource.get(moment), str) else None
+                first = last = date_span(resource.get(moment))
+                written = written_date(resource.get(moment))
             if last is not None:
                 end = last[1]
             elif status in active_statuses:
                 end = date.max  # an open end on an active use: ongoing
             else:
-                end = first[1] if first is not None else date.max  # ended, when unknown: the start day only
+                end = first[0] if first is not None else date.max  # ended, when unknown: its start's first day
             uses.append(_Use(resource, coding, written, first[0] if first is not None else None, end))
     return uses
 
@@ -575,14 +621,14 @@ def _pregnancy(node: c.Pregnancy, patient: PatientData) -> Verdict:
             ),
             None,
         )
-        if coding is None or _status_code(resource.get("verificationStatus")) in VOID_VERIFICATION:
+        if coding is None or _void(resource):
             continue
         written, span = _dated(resource, CONDITION_DATE)
         if span is not None and span[0] > patient.as_of:
             continue
-        clinical = _status_code(resource.get("clinicalStatus"))
-        if clinical in ACTIVE_CLINICAL or (span is not None and _in_window(span, start) is True):
-            note = f"clinicalStatus {clinical}" if clinical in ACTIVE_CLINICAL else None
+        active, clinical = _clinical(resource)
+        if active or (span is not None and _in_window(span, start) is True):
+            note = f"clinicalStatus {clinical}" if active else None
             code_text = short_code(coding.get("system"), coding.get("code"))
             found.append(Evidence(reference=_reference(resource), date=written, code=code_text, note=note))
     for resource in patient.of("Observation"):
@@ -622,7 +668,7 @@ def _other_study(node: c.OtherStudy, patient: PatientData) -> Verdict:
     found: list[Evidence] = []
     unknown: list[Evidence] = []
     for resource in patient.of("ResearchSubject"):
-        study = _reference_key(_get(resource, ("study", "reference")))
+        study = reference_key(_get(resource, ("study", "reference")))
         status = resource.get("status")
         if study == patient.study_key or status not in PARTICIPATING:
             continue
@@ -630,8 +676,8 @@ def _other_study(node: c.OtherStudy, patient: PatientData) -> Verdict:
         first, last = date_span(period.get("start")), date_span(period.get("end"))
         if first is not None and first[0] > patient.as_of:
             continue  # future-dated
-        written = period["start"][:10] if isinstance(period.get("start"), str) else None
-        end_text = period["end"][:10] if last is not None else "no end"
+        written = written_date(period.get("start")) if first is not None else None
+        end_text = last[1].isoformat() if last is not None else "no end"
         evidence = Evidence(
             reference=_reference(resource),
             date=written,
@@ -755,7 +801,7 @@ def patient_of(resource: dict[str, Any]) -> str | None:
     if resource.get("resourceType") == "Patient":
         return str(resource["id"]) if resource.get("id") is not None else None
     for element in _PATIENT_ELEMENTS:
-        key = _reference_key(_get(resource, (element, "reference")))
+        key = reference_key(_get(resource, (element, "reference")))
         if key is not None and key.startswith("Patient/"):
             return key.removeprefix("Patient/")
     return None
@@ -783,5 +829,6 @@ __all__ = [
     "matching_coding",
     "patient_of",
     "positivity",
+    "reference_key",
     "short_code",
 ]

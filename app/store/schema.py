@@ -76,7 +76,7 @@ idx_token = _index_table(
     Column("system", String(255), nullable=True),
     Column("code", String(255), nullable=True),
     Column("text", Text, nullable=True),  # normalised display/text, for :text
-    lookup=("code", "system"),
+    lookup=("code", "system", "res_id", "patient_id"),  # covering: population screening reads only the index
 )
 idx_string = _index_table(
     "idx_string",
@@ -88,7 +88,7 @@ idx_date = _index_table(
     "idx_date",
     Column("low", DateTime(timezone=True), nullable=True),  # NULL low: open start
     Column("high", DateTime(timezone=True), nullable=True),  # NULL high: open end
-    lookup=("low", "high"),
+    lookup=("low", "high", "res_id"),
 )
 idx_number = _index_table("idx_number", Column("value", Float, nullable=False), lookup=("value",))
 idx_quantity = _index_table(
@@ -100,7 +100,7 @@ idx_quantity = _index_table(
     # The same quantity in UCUM base units, so comparisons work across units (filled where convertible).
     Column("canonical_value", Float, nullable=True),
     Column("canonical_code", String(255), nullable=True),
-    Index("ix_idx_quantity_canonical", "res_type", "param", "canonical_code", "canonical_value"),
+    Index("ix_idx_quantity_canonical", "res_type", "param", "canonical_code", "canonical_value", "res_id"),
     lookup=("code", "value"),
 )
 idx_reference = _index_table(

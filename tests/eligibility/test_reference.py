@@ -189,9 +189,12 @@ def test_minus_window_is_calendar_arithmetic(day: date, window: Window, start: d
     assert minus_window(day, window) == start
 
 
-def test_date_span_takes_the_date_part_as_written() -> None:
-    assert date_span("2026-10-27T23:30:00-05:00") == (date(2026, 10, 27), date(2026, 10, 27))
-    assert date_span("2026-10-27T00:30:00+14:00") == (date(2026, 10, 27), date(2026, 10, 27))
+def test_date_span_is_the_utc_date() -> None:
+    # the index tables store UTC ranges: a date-time counts on the UTC date of its instant
+    assert date_span("2026-10-27T23:30:00-05:00") == (date(2026, 10, 28), date(2026, 10, 28))
+    assert date_span("2026-10-27T00:30:00+14:00") == (date(2026, 10, 26), date(2026, 10, 26))
+    assert date_span("2026-10-27T09:30:00+02:00") == (date(2026, 10, 27), date(2026, 10, 27))
+    assert date_span("2026-10-27") == (date(2026, 10, 27), date(2026, 10, 27))
     assert date_span("2024-02") == (date(2024, 2, 1), date(2024, 2, 29))
     assert date_span("1960") == (date(1960, 1, 1), date(1960, 12, 31))
     assert date_span("2026-02-30") is None
@@ -353,10 +356,11 @@ def test_unit_not_convertible_is_unusable() -> None:
     assert truth(LEUKOCYTES, wbc, observation(WBC, when="2026-10-01", value=3.0, unit="10*3/uL")) is True
 
 
-def test_value_integer_counts_in_the_node_unit() -> None:
+def test_value_integer_is_not_a_threshold_value() -> None:
+    # value-quantity does not index valueInteger: such an Observation is a candidate without a usable value
     score = observation(MADRS_TOTAL, when="2026-10-20")
     score["valueInteger"] = 18
-    assert truth(MADRS, score) is True
+    assert truth(MADRS, score) is None
 
 
 @pytest.mark.parametrize(
@@ -365,7 +369,8 @@ def test_value_integer_counts_in_the_node_unit() -> None:
         ("2026-08-03T08:00:00+02:00", True),  # first day of the 90-day window
         ("2026-08-02T23:59:00+02:00", None),  # one day outside: as if absent (missing: unknown)
         ("2026-11-01T23:00:00+01:00", True),  # on the screening date
-        ("2026-11-02T00:30:00+01:00", None),  # future-dated: ignored
+        ("2026-11-02T00:30:00+01:00", True),  # 1 November 23:30 UTC: on the screening date
+        ("2026-11-02T01:30:00+01:00", None),  # 2 November 00:30 UTC: future-dated, ignored
         ("2026-08", None),  # partly in the window: a candidate, not usable
         ("2026-09", True),  # wholly in the window
     ],
@@ -663,6 +668,73 @@ def test_pregnancy() -> None:
 def test_other_study(status: str, start: str, end: str | None, study: str, expected: bool | None) -> None:
     node = {"other_study": {"within": {"days": 30}}}
     assert truth(node, research_subject(status, start, end, study)) is expected
+
+
+# ------------------------------------------------------------------------------------------- what the index holds
+# The rules below make the reference evaluator read exactly what the index tables hold (README, "Details the
+# rules above leave open"), so that the SQL evaluator can agree with it.
+
+
+def test_condition_onset_period_covers_its_range() -> None:
+    onset = condition(MALIGNANCY, clinical="remission")
+    # an onset period is when the onset happened: one straddling the window's start is only partly in it
+    assert truth(CANCER, onset | {"onsetPeriod": {"start": "2021-06-01", "end": "2022-02-01"}}) is None
+    assert truth(CANCER, onset | {"onsetPeriod": {"start": "2021-11-01", "end": "2022-02-01"}}) is True
+    assert truth(CANCER, onset | {"onsetPeriod": {"start": "2021-01-01", "end": "2021-10-31"}}) is False
+    # without an end, its start's first day: 2021 is 1 January 2021, before the window
+    assert truth(CANCER, onset | {"onsetPeriod": {"start": "2021"}}) is False
+    # a period without a start is no onset: the recorded date decides
+    assert truth(CANCER, onset | {"onsetPeriod": {"end": "2022-02-01"}, "recordedDate": "2024-01-01"}) is True
+
+
+def test_condition_status_codings_are_read_together() -> None:
+    two = condition((SNOMED, "191627008"), onset="2026-09-01")
+    two["verificationStatus"]["coding"].append({"system": "http://example.org/local", "code": "refuted"})
+    assert truth(BIPOLAR_DEPRESSION, two) is False  # any refuted coding voids it: no candidate
+    resolved = condition((SNOMED, "191627008"), onset="2026-09-01", clinical="resolved")
+    resolved["clinicalStatus"]["coding"].append({"code": "relapse"})
+    assert truth(BIPOLAR_DEPRESSION, resolved) is True  # any active coding: active
+
+
+def test_observation_date_is_what_the_date_parameter_indexes() -> None:
+    issued_only = observation(WBC, when=None, value=3.0, unit="10*3/uL")
+    issued_only["issued"] = "2026-10-20T08:00:00Z"
+    assert truth(LEUKOCYTES, issued_only) is None  # `issued` is not indexed: undated, not usable
+    period = observation(WBC, when=None, value=3.0, unit="10*3/uL")
+    assert truth(LEUKOCYTES, period | {"effectivePeriod": {"start": "2026-10-01", "end": "2026-10-02"}}) is True
+    assert truth(LEUKOCYTES, period | {"effectivePeriod": {"start": "2026-07-30", "end": "2026-08-10"}}) is None
+    assert truth(LEUKOCYTES, period | {"effectivePeriod": {"end": "2026-10-02"}}) is None  # no start: undated
+    timing = {"event": ["2026-10-20T08:00:00Z", "2026-10-21T08:00:00Z"]}
+    assert truth(LEUKOCYTES, period | {"effectiveTiming": timing}) is True
+    timing = {"event": ["2026-07-20T08:00:00Z", "2026-10-21T08:00:00Z"]}
+    assert truth(LEUKOCYTES, period | {"effectiveTiming": timing}) is None
+    assert truth(LEUKOCYTES, period | {"effectiveInstant": "2026-10-20T08:00:00.123Z"}) is True
+
+
+def test_positive_mode_reads_every_reference_high_and_coding() -> None:
+    tpo = observation((LOINC, "8099-4"), when="2026-10-20", value=35, unit="[IU]/mL")
+    ranges = [{"high": quantity(34, "[IU]/mL")}, {"high": quantity(40, "[IU]/mL")}, {"low": quantity(1, "[IU]/mL")}]
+    assert truth(ANTI_TPO, tpo | {"referenceRange": ranges}) is False  # positive only above every high
+    ranges = [{"high": quantity(34, "[IU]/mL")}, {"high": quantity(30, "mg")}, {"high": {"value": 20}}]
+    assert truth(ANTI_TPO, tpo | {"referenceRange": ranges}) is True  # the high in mg cannot be compared
+    both = observation((LOINC, "8099-4"), when="2026-10-20", coded="260385009")
+    both["valueCodeableConcept"]["coding"].insert(0, {"system": SNOMED, "code": "10828004"})
+    assert truth(ANTI_TPO, both) is True  # a positive coding wins over a negative one
+    both["valueCodeableConcept"]["coding"].reverse()
+    assert truth(ANTI_TPO, both) is True
+
+
+def test_medication_periods_as_indexed() -> None:
+    # a stopped use without an end covers its start's first day only (the index keeps no end for it)
+    stopped = statement("J01CA04", "2026-10", None, "completed")
+    assert truth({"medication": {"codes": ["atc|J01*"], "within": {"days": 31}}}, stopped) is True  # 1 October
+    assert truth({"medication": {"codes": ["atc|J01*"], "within": {"days": 30}}}, stopped) is False
+    # a validityPeriod without a start or an end does not count: authoredOn dates the request
+    request = {"resourceType": "MedicationRequest", "id": "r", "status": "completed", "intent": "order",
+               "medicationCodeableConcept": concept((ATC, "N06AB06")), "subject": {"reference": "Patient/p1"},
+               "authoredOn": "2026-11-01", "dispenseRequest": {"validityPeriod": {}}}  # fmt: skip
+    assert truth(MOOD, request) is True
+    assert truth(MOOD, request | {"dispenseRequest": {"validityPeriod": {"end": "2026-12-01"}}}) is None  # no start
 
 
 # ------------------------------------------------------------------------------------------- composites

@@ -1,0 +1,1088 @@
+"""Set-based eligibility: a study's criteria compiled to one SQL statement over the index tables.
+
+The statement decides every criterion for the whole Patient population at once (or a list of patients)
+and must agree, outcome for outcome, with the reference evaluator (`app.eligibility.reference`), which
+is the spec together with mappings/README.md ("Three-valued semantics"). It reads only index rows
+(idx_token, idx_date, idx_quantity, idx_reference, each carrying `patient_id`), never resource JSON.
+
+Shape (SQLAlchemy Core, so one compiler serves SQLite and PostgreSQL; every value is a bound parameter):
+
+- per resource type, one candidate CTE for all the leaves reading that type (`observations`, `readings`
+  for positive/negative results, `conditions`, `medications`): a row per (leaf, resource) from the `code`
+  index rows of each leaf's codes, joined once with the status, date and value index rows the rules
+  read. Reading each index range once whatever the number of leaves is what keeps a population cheap;
+- each leaf's candidates get a score: 2 true, 1 unknown, 0 false. Kleene's "any" is the maximum on
+  false < unknown < true, so a leaf's rules become a per-candidate score and a MAX per patient; `which:
+  latest` keeps each patient's latest usable candidate (ROW_NUMBER()); one scoring pass per type covers
+  all its leaves (CASE on the leaf number);
+- the scores meet in one UNION ALL grouped by patient (one aggregate, not a join per leaf); a patient
+  without a leaf's rows gets the leaf's `missing` default;
+- composite nodes are SQL's own AND / OR / NOT over the leaves' booleans: with NULL as unknown they
+  are Kleene's all_of / any_of / not exactly; at_least counts trues and unknowns;
+- criterion outcomes (0 pass, 1 fail, 2 unknown) and the patient status are computed in SQL; counts
+  over the population and one keyset page come out of the same statement.
+
+Dates are compared as the index stores them (UTC instant ranges): a day boundary is an instant at
+00:00 UTC, so "first day >= window start" is `low >= start 00:00Z`, and a resource's day is its UTC
+date. Thresholds compare `canonical_value` (UCUM canonical, `app.fhir.ucum`) with the reference
+evaluator's tolerance: equal when |a - b| <= RELATIVE_TOLERANCE * max(|a|, |b|).
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    CTE,
+    ColumnElement,
+    Connection,
+    Date,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    Select,
+    String,
+    and_,
+    bindparam,
+    case,
+    cast,
+    exists,
+    false,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    true,
+    union_all,
+)
+
+from app.eligibility import criteria as c
+from app.eligibility import reference as ref
+from app.eligibility.dates import minus_window
+from app.eligibility.outcome import Status
+from app.eligibility.population import OUTCOME_CODES, STATUSES, Screening, read_screening
+from app.fhir.definitions import element_defs, value_set_codes
+from app.fhir.ucum import RELATIVE_TOLERANCE, conversion
+from app.store.schema import Resource, idx_date, idx_quantity, idx_reference, idx_token
+
+resource_table = Resource.__table__  # type: ignore[attr-defined]
+
+TRUE, UNKNOWN, FALSE = 2, 1, 0  # leaf scores: Kleene's order false < unknown < true
+PASS, FAIL, UNDECIDED = (next(code for code, name in OUTCOME_CODES.items() if name == outcome)
+                         for outcome in ("pass", "fail", "unknown"))  # fmt: skip
+
+PATIENT_IDS = "patient_ids"  # the expanding bind parameter restricting the population
+
+
+def _instant(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def _glob_literal(text: str) -> str:
+    """`text` as a literal GLOB prefix (SQLite's case-sensitive LIKE): *, ? and [ in brackets."""
+    return "".join(f"[{ch}]" if ch in "*?[" else ch for ch in text)
+
+
+def _like_literal(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def age_cutoff(as_of: date, years: int) -> date | None:
+    """The latest birth date with an age of at least `years` on `as_of` (None: nobody is that old).
+
+    `years` before `as_of`, with 29 February falling back to the 28th: someone born on 29 February
+    ages on 1 March in other years, so on 28 February they are still a year short."""
+    year = as_of.year - years
+    if year < 1:
+        return None
+    day = min(as_of.day, calendar.monthrange(year, as_of.month)[1])
+    return date(year, as_of.month, day)
+
+
+class _Dialect:
+    """The few expressions that differ between PostgreSQL and SQLite."""
+
+    def __init__(self, name: str) -> None:
+        self.postgresql = name == "postgresql"
+
+    def instant(self, day: date) -> ColumnElement[Any]:
+        """00:00 UTC on `day`, typed like the index tables' timestamps."""
+        return bindparam(None, _instant(day), type_=DateTime(timezone=True))
+
+    def day(self, instant: ColumnElement[Any]) -> ColumnElement[Any]:
+        """The UTC date of an index timestamp: a date (PostgreSQL) or 'YYYY-MM-DD' text (SQLite)."""
+        if self.postgresql:
+            return cast(func.timezone("UTC", instant), Date)
+        return func.substr(instant, 1, 10)
+
+    def date_value(self, day: date) -> ColumnElement[Any]:
+        if self.postgresql:
+            return bindparam(None, day, type_=Date)
+        return bindparam(None, day.isoformat(), type_=String)
+
+    def plus_days(self, day: ColumnElement[Any], days: int) -> ColumnElement[Any]:
+        """A comparable form of `day + days` (julian day numbers on SQLite)."""
+        if self.postgresql:
+            return day + bindparam(None, days, type_=Integer)
+        return func.julianday(day) + days
+
+    def comparable_day(self, day: ColumnElement[Any]) -> ColumnElement[Any]:
+        return day if self.postgresql else func.julianday(day)
+
+    def parts(self, day: ColumnElement[Any]) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
+        """(year * 12 + month, day of month) of a day, as integers."""
+        if self.postgresql:
+            year, month, dom = (cast(func.date_part(part, day), Integer) for part in ("year", "month", "day"))
+        else:
+            year, month, dom = (
+                cast(func.substr(day, start, length), Integer) for start, length in ((1, 4), (6, 2), (9, 2))
+            )
+        return year * 12 + month, dom
+
+    def prefix(self, column: ColumnElement[Any], prefix: str) -> ColumnElement[bool]:
+        """Case-sensitive prefix match (SQLite's LIKE ignores case: GLOB there)."""
+        if self.postgresql:
+            return column.like(_like_literal(prefix) + "%", escape="\\")
+        return column.op("GLOB")(_glob_literal(prefix) + "*")
+
+    def first_three_between(self, column: ColumnElement[Any], low: str, high: str) -> ColumnElement[bool]:
+        """ICD-10 blocks compare code points (byte order), as Python does, whatever the database collation."""
+        first: ColumnElement[Any] = func.substr(column, 1, 3)
+        if self.postgresql:
+            first = first.collate("C")
+        return first.between(low, high)
+
+
+def _equal(a: ColumnElement[Any], b: ColumnElement[Any]) -> ColumnElement[bool]:
+    """math.isclose(a, b, rel_tol=RELATIVE_TOLERANCE): |a - b| <= tol * max(|a|, |b|)."""
+    difference = func.abs(a - b)
+    return or_(a == b, difference <= RELATIVE_TOLERANCE * func.abs(a), difference <= RELATIVE_TOLERANCE * func.abs(b))
+
+
+def _compare(a: ColumnElement[Any], comparator: str, b: ColumnElement[Any]) -> ColumnElement[bool]:
+    """`reference.compare` in SQL: the comparison with values equal within the tolerance counted as equal."""
+    equal = _equal(a, b)
+    if comparator == "=":
+        return equal
+    if comparator == "<":
+        return and_(a < b, ~equal)
+    if comparator == "<=":
+        return or_(a < b, equal)
+    if comparator == ">":
+        return and_(a > b, ~equal)
+    if comparator == ">=":
+        return or_(a > b, equal)
+    raise ValueError(f"unknown comparator {comparator!r}")
+
+
+def _float(value: float) -> ColumnElement[Any]:
+    return bindparam(None, float(value), type_=Float)
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """A leaf as the first pass met it: its kind, node and number."""
+
+    kind: str
+    node: Any
+    number: int
+
+
+def _complement(resource_type: str, counting: frozenset[str]) -> list[str]:
+    """The status codes of a resource type's required value set that do not count: a resource always has one
+    status from that set (R4 1..1, checked on write), so "status counts" is "no status outside `counting`"."""
+    binding = element_defs(resource_type)["status"].value_set
+    codes = value_set_codes(binding) if binding else None
+    if codes is None:  # pragma: no cover - the R4 definitions bind every status used here
+        raise ValueError(f"{resource_type}.status has no enumerable required value set")
+    return sorted({code for found in codes.values() for code in found} - counting)
+
+
+class ScreeningCompiler:
+    """Builds the screening statement for one study, screening date and dialect.
+
+    Two passes: `expression` walks each criterion and numbers its leaves; `build` then writes one shared
+    candidate CTE per resource type (Observation, Condition, the medication types) holding every leaf's
+    candidates with a flag column per leaf, so each type's index rows are read and joined once however
+    many leaves read them, and one score CTE per leaf over its flagged rows."""
+
+    def __init__(self, dialect: str, as_of: date, study_reference: str, *, restrict_patients: bool = False) -> None:
+        self.sql = _Dialect(dialect)
+        self.as_of = as_of
+        key = ref.reference_key(study_reference) or study_reference
+        self.study_type, _, self.study_id = key.rpartition("/")
+        self.restrict = restrict_patients
+        self.next_day = self.sql.instant(as_of + timedelta(days=1))  # data dated on or after it is future
+        self.specs: list[_Spec] = []
+        self.missing: list[bool | None] = []
+
+    # ------------------------------------------------------------------------------------------ first pass
+
+    def expression(self, expression: c.Expression) -> Any:
+        """The expression as a tree over leaf numbers: ("leaf", n), ("all_of", [...]), ("any_of", [...]),
+        ("not", tree), ("at_least", n, [...])."""
+        kind = expression.kind
+        node = expression.node
+        if kind in ("all_of", "any_of"):
+            return (kind, [self.expression(child) for child in node])
+        if kind == "not":
+            return ("not", self.expression(node))
+        if kind == "at_least":
+            return ("at_least", node.n, [self.expression(child) for child in node.of])
+        spec = _Spec(kind, node, len(self.specs))
+        self.specs.append(spec)
+        return ("leaf", spec.number)
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    def patients(self, column: Any) -> ColumnElement[bool]:
+        return column.in_(bindparam(PATIENT_IDS, expanding=True)) if self.restrict else true()
+
+    def _rows(self, table: Any, resource_type: str, param: str | Sequence[str]) -> ColumnElement[bool]:
+        by_param = table.c.param == param if isinstance(param, str) else table.c.param.in_(list(param))
+        return and_(table.c.res_type == resource_type, by_param)
+
+    def _codes(self, table: Any, refs: Sequence[c.CodeRef]) -> ColumnElement[bool]:
+        """A token row matching one of `refs` (exact codes grouped per system, prefixes, ICD-10 blocks)."""
+        exact: dict[str, list[str]] = {}
+        parts: list[ColumnElement[bool]] = []
+        for code_ref in refs:
+            if code_ref.prefix:
+                parts.append(and_(table.c.system == code_ref.system, self.sql.prefix(table.c.code, code_ref.code[:-1])))
+            elif (block := code_ref.block) is not None:
+                parts.append(
+                    and_(table.c.system == code_ref.system, self.sql.first_three_between(table.c.code, *block))
+                )
+            else:
+                exact.setdefault(code_ref.system, []).append(code_ref.code)
+        for system, codes in exact.items():
+            parts.insert(0, and_(table.c.system == system, table.c.code.in_(codes)))
+        return or_(*parts)
+
+    def _pregnancy_code(self, token: Any, lactation: bool) -> ColumnElement[bool]:
+        """`reference.is_pregnancy_code` on a token row."""
+        prefixes = ["O", "Z33", "Z34"] + (["Z39.1"] if lactation else [])
+        icd10 = and_(
+            token.c.system.in_(list(ref.ICD10_SYSTEMS)), or_(*(self.sql.prefix(token.c.code, p) for p in prefixes))
+        )
+        if not lactation:
+            icd10 = and_(icd10, ~self.sql.prefix(token.c.code, "O92"))
+        return or_(and_(token.c.system == ref.SNOMED, token.c.code == ref.PREGNANCY_SNOMED), icd10)
+
+    @staticmethod
+    def _missing(node: Any) -> bool | None:
+        return False if node.missing == "absent" else None
+
+    def _start(self, window: c.Window) -> ColumnElement[Any]:
+        return self.sql.instant(minus_window(self.as_of, window))
+
+    # ------------------------------------------------------------------------------------------ shared sources
+
+    def _coded(
+        self,
+        resource_type: str,
+        uses: Sequence[tuple[int, Callable[[Any], ColumnElement[bool]], Callable[[Any], ColumnElement[bool]] | None]],
+        name: str,
+    ) -> CTE:
+        """(leaf, patient_id, res_id) for every resource of the type with a `code` token row matching a leaf's
+        codes and none matching its exceptions; one index range scan per leaf, a resource coded twice for a
+        leaf (local and standard coding) appears twice."""
+        selects = []
+        for leaf, match, excluded in uses:
+            token = idx_token.alias("code")
+            where = [self._rows(token, resource_type, "code"), self.patients(token.c.patient_id), match(token)]
+            if excluded is not None:
+                exception = idx_token.alias("exception")
+                where.append(
+                    token.c.res_id.not_in(
+                        select(exception.c.res_id).where(
+                            self._rows(exception, resource_type, "code"), excluded(exception)
+                        )
+                    )
+                )
+            selects.append(select(literal(leaf).label("leaf"), token.c.patient_id, token.c.res_id).where(*where))
+        return (union_all(*selects) if len(selects) > 1 else selects[0]).cte(name)
+
+    def _observations(self, uses: Sequence[tuple[int, Callable[[Any], ColumnElement[bool]]]]) -> CTE:
+        """The candidates of every observation leaf (`leaf`: its number; a pregnancy's hCG: -1 - its number):
+        Observations with a status that counts, not future-dated, with their date span (lo: first instant,
+        hi: last) and canonical value-quantity (q_canonical_value, q_canonical_code)."""
+        coded = self._coded("Observation", [(leaf, match, None) for leaf, match in uses], "observation_codes")
+        dated = idx_date.alias("odate")
+        q = idx_quantity.alias("oq")
+        bad = idx_token.alias("ostatus")
+        lo = func.min(dated.c.low)
+        query = (
+            select(
+                coded.c.leaf,
+                coded.c.patient_id,
+                coded.c.res_id,
+                lo.label("lo"),
+                func.max(func.coalesce(dated.c.high, dated.c.low)).label("hi"),
+                func.max(q.c.canonical_value).label("q_canonical_value"),
+                func.max(q.c.canonical_code).label("q_canonical_code"),
+            )
+            .select_from(
+                coded.outerjoin(
+                    dated,
+                    and_(
+                        self._rows(dated, "Observation", "date"),
+                        dated.c.res_id == coded.c.res_id,
+                        dated.c.low.is_not(None),
+                    ),
+                ).outerjoin(q, and_(self._rows(q, "Observation", "value-quantity"), q.c.res_id == coded.c.res_id))
+            )
+            .where(
+                coded.c.res_id.not_in(
+                    select(bad.c.res_id).where(
+                        self._rows(bad, "Observation", "status"),
+                        bad.c.code.in_(_complement("Observation", ref.OBSERVATION_STATUSES)),
+                    )
+                )
+            )
+            .group_by(coded.c.leaf, coded.c.patient_id, coded.c.res_id)
+            .having(or_(lo.is_(None), lo < self.next_day))
+        )
+        return query.cte("observations")
+
+    def _conditions(
+        self,
+        uses: Sequence[tuple[int, Callable[[Any], ColumnElement[bool]], Callable[[Any], ColumnElement[bool]] | None]],
+    ) -> CTE:
+        """The candidates of every condition leaf (`leaf`: its number; a pregnancy's: -1 - its number): Conditions
+        not refuted or entered-in-error, not future-dated, with their date span (onset-date, else recorded-date)
+        and clinical status (has_clinical: any coded clinicalStatus; active: one of active/recurrence/relapse)."""
+        coded = self._coded("Condition", uses, "condition_codes")
+        status = idx_token.alias("cstatus")
+        dated = idx_date.alias("cdate")
+        void = idx_token.alias("cvoid")
+        clinical = status.c.code
+        onset, recorded = dated.c.param == "onset-date", dated.c.param == "recorded-date"
+        onset_lo = func.min(case((onset, dated.c.low)))
+        lo = func.coalesce(onset_lo, func.min(case((recorded, dated.c.low))))
+        hi = case(
+            (onset_lo.is_not(None), func.max(case((onset, func.coalesce(dated.c.high, dated.c.low))))),
+            else_=func.max(case((recorded, func.coalesce(dated.c.high, dated.c.low)))),
+        )
+        query = (
+            select(
+                coded.c.leaf,
+                coded.c.patient_id,
+                coded.c.res_id,
+                lo.label("lo"),
+                hi.label("hi"),
+                func.max(case((clinical.is_not(None), 1), else_=0)).label("has_clinical"),
+                func.max(case((clinical.in_(sorted(ref.ACTIVE_CLINICAL)), 1), else_=0)).label("active"),
+            )
+            .select_from(
+                coded.outerjoin(
+                    status,
+                    and_(self._rows(status, "Condition", "clinical-status"), status.c.res_id == coded.c.res_id),
+                ).outerjoin(
+                    dated,
+                    and_(
+                        self._rows(dated, "Condition", ("onset-date", "recorded-date")),
+                        dated.c.res_id == coded.c.res_id,
+                        dated.c.low.is_not(None),
+                    ),
+                )
+            )
+            .where(
+                coded.c.res_id.not_in(
+                    select(void.c.res_id).where(
+                        self._rows(void, "Condition", "verification-status"),
+                        void.c.code.in_(sorted(ref.VOID_VERIFICATION)),
+                    )
+                )
+            )
+            .group_by(coded.c.leaf, coded.c.patient_id, coded.c.res_id)
+            .having(or_(lo.is_(None), lo < self.next_day))
+        )
+        return query.cte("conditions")
+
+    def _medications(self, uses: Sequence[tuple[int, Sequence[c.CodeRef]]]) -> CTE:
+        """The uses of every medication leaf's codes (MedicationStatement, MedicationRequest,
+        MedicationAdministration) with a status that counts: leaf, patient_id, lo (start instant, NULL: none),
+        hi (end instant, NULL: no end), ongoing (1: its status makes an open end ongoing)."""
+        kinds = (
+            ("MedicationStatement", None, ref.STATEMENT_NOT_TAKEN, ref.STATEMENT_ONGOING, ("effective",)),
+            ("MedicationRequest", ref.REQUEST_STATUSES, None, ref.REQUEST_ONGOING, ("validity", "authoredon")),
+            (
+                "MedicationAdministration",
+                ref.ADMINISTRATION_STATUSES,
+                None,
+                ref.ADMINISTRATION_ONGOING,
+                ("effective-time",),
+            ),
+        )
+        selects = []
+        for resource_type, counting, excluded, ongoing, params in kinds:
+            short = resource_type.removeprefix("Medication").lower()
+            coded = self._coded(
+                resource_type,
+                [(leaf, self._matcher(codes), None) for leaf, codes in uses],
+                f"{short}_codes",
+            )
+            status = idx_token.alias("mstatus")
+            dated = idx_date.alias("mdate")
+            lo: ColumnElement[Any] = func.max(dated.c.low)
+            hi: ColumnElement[Any] = func.max(dated.c.high)
+            if len(params) > 1:  # MedicationRequest: its validityPeriod when there is one, else authoredOn
+                first = dated.c.param == params[0]
+                present = func.max(case((first, 1), else_=0)) == 1
+                lo = case((present, func.max(case((first, dated.c.low)))), else_=func.max(case((~first, dated.c.low))))
+                hi = case(
+                    (present, func.max(case((first, dated.c.high)))), else_=func.max(case((~first, dated.c.high)))
+                )
+            if counting is not None:
+                counts = func.max(case((status.c.code.in_(sorted(counting)), 1), else_=0)) == 1
+            else:
+                assert excluded is not None
+                counts = func.max(case((status.c.code.in_(sorted(excluded)), 1), else_=0)) == 0
+            selects.append(
+                select(
+                    coded.c.leaf,
+                    coded.c.patient_id,
+                    lo.label("lo"),
+                    hi.label("hi"),
+                    func.max(case((status.c.code.in_(sorted(ongoing)), 1), else_=0)).label("ongoing"),
+                )
+                .select_from(
+                    coded.outerjoin(
+                        status, and_(self._rows(status, resource_type, "status"), status.c.res_id == coded.c.res_id)
+                    ).outerjoin(dated, and_(self._rows(dated, resource_type, params), dated.c.res_id == coded.c.res_id))
+                )
+                .group_by(coded.c.leaf, coded.c.patient_id, coded.c.res_id)
+                .having(counts)
+            )
+        return union_all(*selects).cte("medications")
+
+    # ------------------------------------------------------------------------------------------ positivity
+
+    def _positivity(self, rows: CTE) -> ColumnElement[Any]:
+        """`reference.positivity` over rows with res_id and the value-quantity row's columns (q_*):
+        1 positive, 0 negative, NULL when it cannot be read."""
+        interpretation = idx_token.alias("interp")
+        coded = idx_token.alias("coded")
+        high = idx_quantity.alias("high")
+
+        def interpreted(codes: frozenset[str]) -> ColumnElement[bool]:
+            return rows.c.res_id.in_(
+                select(interpretation.c.res_id).where(
+                    self._rows(interpretation, "Observation", "interpretation"),
+                    or_(interpretation.c.system.is_(None), interpretation.c.system == ref.INTERPRETATION_SYSTEM),
+                    interpretation.c.code.in_(sorted(codes)),
+                )
+            )
+
+        def valued(code: str) -> ColumnElement[bool]:
+            return rows.c.res_id.in_(
+                select(coded.c.res_id).where(
+                    self._rows(coded, "Observation", "value-concept"),
+                    coded.c.system == ref.SNOMED,
+                    coded.c.code == code,
+                )
+            )
+
+        # A reference high is comparable when it is a bare number (the value's unit), has the value's system
+        # and code, or converts to the same canonical unit; positive only above every comparable high.
+        bare = and_(high.c.code.is_(None), high.c.unit.is_(None))
+        same = and_(rows.c.q_system.is_not_distinct_from(high.c.system), rows.c.q_code == high.c.code)
+        as_written = or_(bare, same)
+        canonical = and_(rows.c.q_canonical_code.is_not(None), rows.c.q_canonical_code == high.c.canonical_code)
+        highs = and_(
+            self._rows(high, "Observation", "reference-high"),
+            high.c.res_id == rows.c.res_id,
+            rows.c.q_value.is_not(None),
+            or_(as_written, canonical),
+        )
+        not_above = case(
+            (as_written, ~_compare(rows.c.q_value, ">", high.c.value)),
+            else_=~_compare(rows.c.q_canonical_value, ">", high.c.canonical_value),
+        )
+        return case(
+            (interpreted(ref.POSITIVE_INTERPRETATIONS), 1),
+            (interpreted(ref.NEGATIVE_INTERPRETATIONS), 0),
+            (valued(ref.POSITIVE_VALUE), 1),
+            (valued(ref.NEGATIVE_VALUE), 0),
+            (exists().where(highs, not_above), 0),
+            (exists().where(highs), 1),
+            else_=null(),
+        )
+
+    # ------------------------------------------------------------------------------------------ second pass
+
+    def build(self) -> list[Select[Any]]:
+        """Selects of (leaf, patient_id, score): every leaf's score for the patients with candidates; one
+        scoring pass per resource type for all its leaves. Sets `missing`: each leaf's truth without rows."""
+        by_kind: dict[str, list[_Spec]] = {}
+        for spec in self.specs:
+            by_kind.setdefault(spec.kind, []).append(spec)
+        self.missing = [None if spec.kind in ("age", "sex") else self._missing(spec.node) for spec in self.specs]
+        observations = by_kind.get("observation", [])
+        thresholds = [spec for spec in observations if spec.node.positive is None]
+        positives = [spec for spec in observations if spec.node.positive is not None]
+        pregnancies = by_kind.get("pregnancy", [])
+        conditions = by_kind.get("condition", [])
+        medications = by_kind.get("medication", [])
+        sources: list[Select[Any]] = []
+        if thresholds:
+            rows = self._observations([(spec.number, self._matcher(spec.node.codes)) for spec in thresholds])
+            judged = {spec.number: self._threshold(spec.node, rows) for spec in thresholds}
+            sources.append(self._observation_scores(thresholds, rows, judged, "threshold"))
+        readings = None
+        if positives or pregnancies:
+            uses = [(spec.number, self._matcher(spec.node.codes)) for spec in positives]
+            uses += [(-1 - spec.number, self._hcg_code) for spec in pregnancies]
+            readings = self._readings(uses)
+            if positives:
+                judged = {}
+                for spec in positives:
+                    wanted = 1 if spec.node.positive else 0
+                    meets = case(
+                        (readings.c.positive == wanted, 1), (readings.c.positive.is_not(None), 0), else_=null()
+                    )
+                    judged[spec.number] = (meets, readings.c.positive)
+                sources.append(self._observation_scores(positives, readings, judged, "positive"))
+        condition_source = None
+        if conditions or pregnancies:
+            condition_uses: list[
+                tuple[int, Callable[[Any], ColumnElement[bool]], Callable[[Any], ColumnElement[bool]] | None]
+            ] = [
+                (
+                    spec.number,
+                    self._matcher(spec.node.codes),
+                    self._matcher(spec.node.exceptions) if spec.node.exceptions else None,
+                )
+                for spec in conditions
+            ]
+            condition_uses += [
+                (-1 - spec.number, self._pregnancy_matcher(spec.node.include_lactation), None) for spec in pregnancies
+            ]
+            condition_source = self._conditions(condition_uses)
+            if conditions:
+                sources.append(self._condition_scores(conditions, condition_source))
+        if pregnancies:
+            assert readings is not None and condition_source is not None
+            sources.append(self._pregnancy_scores(pregnancies, condition_source, readings))
+        if medications:
+            uses_source = self._medications([(spec.number, spec.node.codes) for spec in medications])
+            sources.append(self._medication_scores(medications, uses_source))
+        sources += [self._age(spec) for spec in by_kind.get("age", [])]
+        sources += [self._sex(spec) for spec in by_kind.get("sex", [])]
+        sources += [self._other_study(spec) for spec in by_kind.get("other_study", [])]
+        return sources
+
+    def _threshold(self, node: c.Observation, rows: Any) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
+        """(meets 1/0, rank) of a candidate's value-quantity in the node's unit or an alternative (NULL: unusable)."""
+        assert node.comparator is not None and node.value is not None and node.unit is not None
+        targets = [(node.value, node.unit, 1.0)] + [
+            (alternative.value, alternative.unit, node.value / alternative.value if alternative.value else 1.0)
+            for alternative in node.alternatives
+        ]
+        meets: list[tuple[ColumnElement[bool], ColumnElement[Any]]] = []
+        ranks: list[tuple[ColumnElement[bool], ColumnElement[Any]]] = []
+        seen: set[str] = set()
+        for threshold, unit, rank_scale in targets:
+            found = conversion(unit)
+            if found is None or found.canonical_code in seen:
+                continue  # not convertible, or an earlier target already takes this canonical unit
+            seen.add(found.canonical_code)
+            here = rows.c.q_canonical_code == found.canonical_code
+            there = _float(threshold * found.scale + found.offset)
+            meets.append((here, case((_compare(rows.c.q_canonical_value, node.comparator, there), 1), else_=0)))
+            # same-day values rank in the node's unit, an alternative's scaled by value / alternative value
+            in_unit = (rows.c.q_canonical_value - _float(found.offset)) / _float(found.scale)
+            ranks.append((here, in_unit * _float(rank_scale)))
+        if not meets:
+            return null(), null()
+        return case(*meets, else_=null()), case(*ranks, else_=null())
+
+    def _matcher(self, refs: Sequence[c.CodeRef]) -> Callable[[Any], ColumnElement[bool]]:
+        def match(token: Any) -> ColumnElement[bool]:
+            return self._codes(token, refs)
+
+        return match
+
+    def _pregnancy_matcher(self, lactation: bool) -> Callable[[Any], ColumnElement[bool]]:
+        def match(token: Any) -> ColumnElement[bool]:
+            return self._pregnancy_code(token, lactation)
+
+        return match
+
+    @staticmethod
+    def _hcg_code(token: Any) -> ColumnElement[bool]:
+        return and_(token.c.system == ref.LOINC, token.c.code.in_(sorted(ref.HCG_CODES)))
+
+    @staticmethod
+    def _by_leaf(leaf: Any, values: dict[int, Any], else_: Any = None) -> ColumnElement[Any]:
+        """CASE leaf WHEN n THEN values[n] ... END: one expression over rows of several leaves."""
+        if len(values) == 1:
+            return next(iter(values.values()))
+        return case(*((leaf == number, value) for number, value in values.items()), else_=else_)
+
+    # ------------------------------------------------------------------------------------------ leaves
+
+    def _readings(self, uses: Sequence[tuple[int, Callable[[Any], ColumnElement[bool]]]]) -> CTE:
+        """Candidates of the positive-mode leaves and of the pregnancies' hCG (leaf -1 - n), read as positive
+        (1), negative (0) or not readable (NULL), with their date span."""
+        coded = self._coded("Observation", [(leaf, match, None) for leaf, match in uses], "reading_codes")
+        dated = idx_date.alias("rdate")
+        q = idx_quantity.alias("rq")
+        bad = idx_token.alias("rstatus")
+        lo = func.min(dated.c.low)
+        names = ("value", "system", "code", "canonical_value", "canonical_code")
+        raw = (
+            select(
+                coded.c.leaf,
+                coded.c.patient_id,
+                coded.c.res_id,
+                lo.label("lo"),
+                func.max(func.coalesce(dated.c.high, dated.c.low)).label("hi"),
+                *(func.max(q.c[name]).label(f"q_{name}") for name in names),
+            )
+            .select_from(
+                coded.outerjoin(
+                    dated,
+                    and_(
+                        self._rows(dated, "Observation", "date"),
+                        dated.c.res_id == coded.c.res_id,
+                        dated.c.low.is_not(None),
+                    ),
+                ).outerjoin(q, and_(self._rows(q, "Observation", "value-quantity"), q.c.res_id == coded.c.res_id))
+            )
+            .where(
+                coded.c.res_id.not_in(
+                    select(bad.c.res_id).where(
+                        self._rows(bad, "Observation", "status"),
+                        bad.c.code.in_(_complement("Observation", ref.OBSERVATION_STATUSES)),
+                    )
+                )
+            )
+            .group_by(coded.c.leaf, coded.c.patient_id, coded.c.res_id)
+            .having(or_(lo.is_(None), lo < self.next_day))
+            .cte("reading_values")
+        )
+        return select(raw.c.leaf, raw.c.patient_id, raw.c.lo, raw.c.hi, self._positivity(raw).label("positive")).cte(
+            "readings"
+        )
+
+    def _observation_scores(
+        self,
+        specs: Sequence[_Spec],
+        rows: CTE,
+        judged: dict[int, tuple[ColumnElement[Any], ColumnElement[Any]]],
+        name: str,
+    ) -> Select[Any]:
+        """Observation leaves over their candidate rows, in one pass: `latest` keeps each patient's first row
+        by (usable, day, rank) descending; `any` / `all` take the maximum of a per-row score."""
+        keep: dict[int, Any] = {}
+        usable: dict[int, Any] = {}
+        for spec in specs:
+            node: c.Observation = spec.node
+            meets = judged[spec.number][0]
+            conditions: list[ColumnElement[bool]] = [rows.c.lo.is_not(None), meets.is_not(None)]
+            if node.lookback is not None:
+                start = self._start(node.lookback)
+                # wholly before the window: not a candidate; partly in it: a candidate, not usable
+                keep[spec.number] = case((or_(rows.c.lo.is_(None), rows.c.hi >= start), 1), else_=0)
+                conditions.append(rows.c.lo >= start)
+            else:
+                keep[spec.number] = literal(1)
+            usable[spec.number] = case((and_(*conditions), 1), else_=0)
+        leaf = rows.c.leaf
+        is_usable = self._by_leaf(leaf, usable, 0)
+        meets = self._by_leaf(leaf, {number: judged[number][0] for number in judged})
+        rank = self._by_leaf(leaf, {number: judged[number][1] for number in judged})
+        whole = {spec.number: spec.node.which for spec in specs}
+        # per-row scores: latest 2/0 (meets or not) or 1 (unusable); any 3/2/1 and all 3/2/1 for a maximum
+        latest_score = case((is_usable == 1, case((meets == 1, TRUE), else_=FALSE)), else_=UNKNOWN)
+        spread = (
+            self._by_leaf(
+                leaf,
+                {
+                    number: case(
+                        (
+                            is_usable == 1,
+                            case((meets == 1, 3 if which == "any" else 2), else_=2 if which == "any" else 3),
+                        ),
+                        else_=1,
+                    )
+                    for number, which in whole.items()
+                    if which != "latest"
+                },
+                1,
+            )
+            if any(which != "latest" for which in whole.values())
+            else literal(1)
+        )
+        partition = (leaf, rows.c.patient_id)
+        scored = (
+            select(
+                leaf.label("leaf"),
+                rows.c.patient_id,
+                latest_score.label("latest"),
+                func.max(spread).over(partition_by=partition).label("spread"),
+                func.row_number()
+                .over(partition_by=partition, order_by=(is_usable.desc(), self.sql.day(rows.c.lo).desc(), rank.desc()))
+                .label("place"),
+            )
+            .where(rows.c.leaf.in_(sorted(whole)), self._by_leaf(leaf, keep, 0) == 1)
+            .cte(f"{name}_scored")
+        )
+        decoded = {
+            number: (
+                scored.c.latest
+                if which == "latest"
+                else case(
+                    (scored.c.spread == 3, TRUE if which == "any" else FALSE),
+                    (scored.c.spread == 2, FALSE if which == "any" else TRUE),
+                    else_=UNKNOWN,
+                )
+            )
+            for number, which in whole.items()
+        }
+        return select(scored.c.leaf, scored.c.patient_id, self._by_leaf(scored.c.leaf, decoded).label("score")).where(
+            scored.c.place == 1
+        )
+
+    def _condition_scores(self, specs: Sequence[_Spec], source: CTE) -> Select[Any]:
+        scores: dict[int, Any] = {}
+        for spec in specs:
+            node: c.Condition = spec.node
+            whens: list[tuple[ColumnElement[bool], int]] = []
+            if node.active_only:
+                whens.append((and_(source.c.has_clinical == 1, source.c.active == 0), FALSE))
+            if node.within is not None:
+                start = self._start(node.within)
+                whens += [(source.c.lo.is_(None), UNKNOWN), (source.c.lo >= start, TRUE), (source.c.hi < start, FALSE)]
+                scores[spec.number] = case(*whens, else_=UNKNOWN)
+            else:
+                scores[spec.number] = case(*whens, else_=TRUE) if whens else literal(TRUE)
+        return (
+            select(source.c.leaf, source.c.patient_id, func.max(self._by_leaf(source.c.leaf, scores)).label("score"))
+            .where(source.c.leaf.in_(sorted(scores)))
+            .group_by(source.c.leaf, source.c.patient_id)
+        )
+
+    def _pregnancy_scores(self, specs: Sequence[_Spec], conditions: CTE, readings: CTE) -> Select[Any]:
+        """A pregnancy (or lactation) Condition active or dated in the window, or a positive hCG in it: true."""
+        condition_in: dict[int, Any] = {}
+        hcg_in: dict[int, Any] = {}
+        for spec in specs:
+            start = self._start(spec.node.within)
+            condition_in[-1 - spec.number] = or_(conditions.c.active == 1, conditions.c.lo >= start)
+            hcg_in[-1 - spec.number] = readings.c.lo >= start
+        leaves = sorted(condition_in)
+        found = union_all(
+            select(conditions.c.leaf, conditions.c.patient_id).where(
+                conditions.c.leaf.in_(leaves), self._by_leaf(conditions.c.leaf, condition_in, false())
+            ),
+            select(readings.c.leaf, readings.c.patient_id).where(
+                readings.c.leaf.in_(leaves), readings.c.positive == 1, self._by_leaf(readings.c.leaf, hcg_in, false())
+            ),
+        ).cte("pregnancies")
+        return select((-1 - found.c.leaf).label("leaf"), found.c.patient_id, literal(TRUE).label("score")).group_by(
+            found.c.leaf, found.c.patient_id
+        )
+
+    def _medication_scores(self, specs: Sequence[_Spec], uses: CTE) -> Select[Any]:
+        sql = self.sql
+        as_of = sql.date_value(self.as_of)
+        start_day = sql.day(uses.c.lo)
+        end_day = case((uses.c.hi.is_not(None), sql.day(uses.c.hi)), (uses.c.ongoing == 1, null()), else_=start_day)
+        scores: dict[int, Any] = {}
+        for spec in specs:
+            node: c.Medication = spec.node
+            if node.ever:
+                in_time: ColumnElement[bool] = true()
+            elif node.within is not None:
+                in_time = or_(end_day.is_(None), end_day >= sql.date_value(minus_window(self.as_of, node.within)))
+            else:
+                in_time = or_(end_day.is_(None), end_day >= as_of)
+            long_enough: ColumnElement[bool] = true()
+            if node.min_duration is not None:
+                until = case((or_(end_day.is_(None), end_day > as_of), as_of), else_=end_day)  # min(end, D)
+                duration = node.min_duration
+                if duration.days is not None:
+                    long_enough = sql.plus_days(start_day, duration.days) <= sql.comparable_day(until)
+                else:  # start <= minus_months(until, m): an earlier month, or the same month and not a later day
+                    months = duration.months if duration.months is not None else 12 * (duration.years or 0)
+                    start_month, start_dom = sql.parts(start_day)
+                    until_month, until_dom = sql.parts(until)
+                    long_enough = or_(
+                        start_month + months < until_month,
+                        and_(start_month + months == until_month, start_dom <= until_dom),
+                    )
+            scores[spec.number] = case((and_(in_time, long_enough), TRUE), else_=FALSE)
+        # A use without a start makes it unknown; without a qualifying use the result is `missing`, whatever
+        # non-qualifying uses exist: only qualifying (true) and undated (unknown) uses give rows.
+        score = case((uses.c.lo.is_(None), UNKNOWN), else_=self._by_leaf(uses.c.leaf, scores))
+        scored = (
+            select(uses.c.leaf, uses.c.patient_id, score.label("score"))
+            .where(uses.c.leaf.in_(sorted(scores)), or_(uses.c.lo.is_(None), uses.c.lo < self.next_day))
+            .cte("medication_scored")
+        )
+        return (
+            select(scored.c.leaf, scored.c.patient_id, func.max(scored.c.score).label("score"))
+            .where(scored.c.score > FALSE)
+            .group_by(scored.c.leaf, scored.c.patient_id)
+        )
+
+    def _age(self, spec: _Spec) -> Select[Any]:
+        node: c.Age = spec.node
+        birth = idx_date.alias("birth")
+        low = node.min
+        highs = [bound for bound in (node.max, node.below - 1 if node.below is not None else None) if bound is not None]
+        high = min(highs) if highs else None
+        # youngest: the age on the last day the birthDate allows; oldest: on its first day
+        youngest_at_least_low: ColumnElement[bool] = true()
+        oldest_below_low: ColumnElement[bool] = false()
+        if low is not None:
+            cutoff = age_cutoff(self.as_of, low)
+            if cutoff is None:
+                youngest_at_least_low, oldest_below_low = false(), true()
+            else:
+                boundary = self.sql.instant(cutoff + timedelta(days=1))
+                youngest_at_least_low = birth.c.high < boundary
+                oldest_below_low = birth.c.low >= boundary
+        oldest_at_most_high: ColumnElement[bool] = true()
+        youngest_above_high: ColumnElement[bool] = false()
+        if high is not None:
+            cutoff = age_cutoff(self.as_of, high + 1)
+            if cutoff is not None:
+                boundary = self.sql.instant(cutoff + timedelta(days=1))
+                oldest_at_most_high = birth.c.low >= boundary
+                youngest_above_high = birth.c.high < boundary
+        impossible = true() if low is not None and high is not None and low > high else false()
+        score = case(
+            (or_(oldest_below_low, youngest_above_high, impossible), FALSE),
+            (and_(youngest_at_least_low, oldest_at_most_high), TRUE),
+            else_=UNKNOWN,
+        )
+        return select(literal(spec.number).label("leaf"), birth.c.patient_id, score.label("score")).where(
+            self._rows(birth, "Patient", "birthdate"), self.patients(birth.c.patient_id)
+        )
+
+    def _sex(self, spec: _Spec) -> Select[Any]:
+        gender = idx_token.alias("gender")
+        score = case((gender.c.code.in_(list(spec.node.administrative)), TRUE), else_=FALSE)
+        return select(literal(spec.number).label("leaf"), gender.c.patient_id, score.label("score")).where(
+            self._rows(gender, "Patient", "gender"), self.patients(gender.c.patient_id)
+        )
+
+    def _other_study(self, spec: _Spec) -> Select[Any]:
+        node: c.OtherStudy = spec.node
+        start = self._start(node.within)
+        status = idx_token.alias("rstatus")
+        study = idx_reference.alias("rstudy")
+        period = idx_date.alias("rperiod")
+        this_study = status.c.res_id.in_(
+            select(study.c.res_id).where(
+                self._rows(study, "ResearchSubject", "study"),
+                study.c.target_type == self.study_type,
+                study.c.target_id == self.study_id,
+            )
+        )
+        subjects = (
+            select(
+                status.c.patient_id,
+                case((status.c.code.in_(sorted(ref.ONGOING_PARTICIPATION)), 1), else_=0).label("ongoing"),
+                period.c.low.label("lo"),
+                period.c.high.label("hi"),
+            )
+            .select_from(
+                status.outerjoin(
+                    period, and_(self._rows(period, "ResearchSubject", "date"), period.c.res_id == status.c.res_id)
+                )
+            )
+            .where(
+                self._rows(status, "ResearchSubject", "status"),
+                self.patients(status.c.patient_id),
+                status.c.code.in_(sorted(ref.PARTICIPATING)),
+                ~this_study,
+                or_(period.c.low.is_(None), period.c.low < self.next_day),
+            )
+            .cte(f"leaf{spec.number}_subjects")
+        )
+        # an end says when it stopped; no end: ongoing, except off-study, which counts only if it started in
+        # the window (unknown if it started before: it ended at some unknown point after)
+        overlaps = case(
+            (subjects.c.hi.is_not(None), case((subjects.c.hi >= start, TRUE), else_=FALSE)),
+            (subjects.c.ongoing == 1, TRUE),
+            (subjects.c.lo >= start, TRUE),
+            else_=UNKNOWN,
+        )
+        return (
+            select(literal(spec.number).label("leaf"), subjects.c.patient_id, func.max(overlaps).label("score"))
+            .group_by(subjects.c.patient_id)
+            .having(func.max(overlaps) > FALSE)
+        )
+
+
+def truth(tree: Any, leaves: Sequence[ColumnElement[Any]]) -> ColumnElement[Any]:
+    """The boolean expression of a tree over the leaves' truth columns (NULL: unknown)."""
+    kind = tree[0]
+    if kind == "leaf":
+        leaf: ColumnElement[Any] = leaves[tree[1]]
+        return leaf
+    if kind == "all_of":
+        return and_(*(truth(child, leaves) for child in tree[1]))
+    if kind == "any_of":
+        return or_(*(truth(child, leaves) for child in tree[1]))
+    if kind == "not":
+        return ~truth(tree[1], leaves)
+    n, children = tree[1], [truth(child, leaves) for child in tree[2]]
+    trues = sum((case((child, 1), else_=0) for child in children), literal(0))
+    # unknown: neither it nor its negation holds (no `IS NULL` on a NOT: PostgreSQL reads `NOT x IS NULL`
+    # as `NOT (x IS NULL)`)
+    unknowns = sum((case((child, 0), (~child, 0), else_=1) for child in children), literal(0))
+    return case((trues >= n, true()), (trues + unknowns < n, false()), else_=null())
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledScreening:
+    """The statement and how to read its rows: counts, then (patient id, status, outcome per computable criterion)."""
+
+    statement: Select[Any]
+    computable: tuple[str, ...]  # criterion ids with an outcome column, in column order
+    manual: tuple[str, ...]
+    parameters: dict[str, Any]
+
+
+def compile_screening(
+    criteria: c.Eligibility | Sequence[c.Criterion],
+    as_of: date,
+    study_reference: str,
+    dialect: str,
+    *,
+    patient_ids: Sequence[str] | None = None,
+    status: str | None = None,
+    after: str | None = None,
+    limit: int | None = None,
+) -> CompiledScreening:
+    """One statement: per patient (of the population, or `patient_ids`) every computable criterion's outcome
+    and the status; returns the counts per status over that population and the page of rows (ordered by
+    patient id, after `after`, with `status` when given, at most `limit`)."""
+    listed = list(criteria.criteria if isinstance(criteria, c.Eligibility) else criteria)
+    compiler = ScreeningCompiler(dialect, as_of, study_reference, restrict_patients=patient_ids is not None)
+    trees = {criterion.id: compiler.expression(criterion.expression) for criterion in listed if criterion.expression}
+    computable = tuple(trees)
+    manual = tuple(criterion.id for criterion in listed if criterion.expression is None)
+    types = {criterion.id: criterion.type for criterion in listed}
+
+    patients = resource_table.alias("patient")
+    population = select(patients.c.res_id.label("patient_id")).where(
+        patients.c.res_type == "Patient", patients.c.deleted.is_(False), compiler.patients(patients.c.res_id)
+    )
+    sources = compiler.build()
+    if sources:
+        count = len(compiler.specs)
+        scores = union_all(*sources).cte("scores")
+        per_patient = (
+            select(
+                scores.c.patient_id,
+                *(func.max(case((scores.c.leaf == k, scores.c.score))).label(f"s{k}") for k in range(count)),
+            )
+            .group_by(scores.c.patient_id)
+            .cte("per_patient")
+        )
+        population_cte = population.cte("population")
+        joined = population_cte.outerjoin(per_patient, per_patient.c.patient_id == population_cte.c.patient_id)
+        truths = []
+        for k, missing in enumerate(compiler.missing):
+            column = per_patient.c[f"s{k}"]
+            default = null() if missing is None else (true() if missing else false())
+            truths.append(
+                case((column.is_(None), default), (column == TRUE, true()), (column == FALSE, false()), else_=null())
+            )
+        outcome_columns: list[Any] = []
+        for criterion_id, tree in trees.items():
+            value = truth(tree, truths)
+            passing, failing = (PASS, FAIL) if types[criterion_id] == "inclusion" else (FAIL, PASS)
+            outcome_columns.append(
+                case((value, passing), (~value, failing), else_=UNDECIDED).label(f"o{len(outcome_columns)}")
+            )
+        outcomes = select(population_cte.c.patient_id, *outcome_columns).select_from(joined).cte("outcomes")
+    else:
+        outcomes = population.cte("outcomes")
+    columns = [outcomes.c[f"o{k}"] for k in range(len(computable))]
+    status_column = case(
+        (or_(false(), *(column == FAIL for column in columns)), "ineligible"),
+        (or_(false(), *(column == UNDECIDED for column in columns)), "incomplete"),
+        else_="eligible",
+    )
+    screened = select(outcomes.c.patient_id, status_column.label("status"), *columns).cte("screened")
+    counts = select(
+        *(
+            func.coalesce(func.sum(case((screened.c.status == name, 1), else_=0)), 0).label(f"n_{name}")
+            for name in STATUSES
+        )
+    ).subquery("counts")
+    page = select(screened)
+    if status is not None:
+        page = page.where(screened.c.status == status)
+    if after is not None:
+        page = page.where(screened.c.patient_id > after)
+    page = page.order_by(screened.c.patient_id)
+    if limit is not None:
+        page = page.limit(limit)
+    page_subquery = page.subquery("page")
+    statement = (
+        select(counts, page_subquery)
+        .select_from(counts.outerjoin(page_subquery, true()))
+        .order_by(page_subquery.c.patient_id)
+    )
+    parameters = {PATIENT_IDS: list(patient_ids)} if patient_ids is not None else {}
+    return CompiledScreening(statement, computable, manual, parameters)
+
+
+def screen(
+    conn_or_engine: Connection | Engine,
+    criteria: c.Eligibility | Sequence[c.Criterion],
+    as_of: date,
+    study_reference: str,
+    *,
+    patient_ids: Sequence[str] | None = None,
+    status: Status | str | None = None,
+    after: str | None = None,
+    limit: int | None = None,
+) -> Screening:
+    """Every stored Patient (or those of `patient_ids`) against the criteria on `as_of`, for `study_reference`
+    (`ResearchStudy/depil-2`: taking part in it is not 'another study'), in one statement: the counts per
+    status over that population, and the page of patients after the id `after`, with `status` when given,
+    at most `limit` of them, ordered by patient id."""
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
+    if limit is not None and limit < 0:
+        raise ValueError("limit must not be negative")
+    listed = list(criteria.criteria if isinstance(criteria, c.Eligibility) else criteria)
+    if patient_ids is not None and not patient_ids:
+        return Screening(dict.fromkeys(STATUSES, 0), [])
+    if isinstance(conn_or_engine, Engine):
+        with conn_or_engine.connect() as conn:
+            return screen(
+                conn, listed, as_of, study_reference, patient_ids=patient_ids, status=status, after=after, limit=limit
+            )
+    conn = conn_or_engine
+    compiled = compile_screening(
+        listed,
+        as_of,
+        study_reference,
+        conn.dialect.name,
+        patient_ids=patient_ids,
+        status=status,
+        after=after,
+        limit=limit,
+    )
+    rows = conn.execute(compiled.statement, compiled.parameters).mappings().all()
+    return read_screening(rows, compiled.computable, listed)
+
+
+__all__ = ["CompiledScreening", "Screening", "ScreeningCompiler", "age_cutoff", "compile_screening", "screen", "truth"]
