@@ -149,7 +149,7 @@ class _Dialect:
         """Case-sensitive prefix match (SQLite's LIKE ignores case: GLOB there)."""
         if self.postgresql:
             return column.like(_like_literal(prefix) + "%", escape="\\")
-        return column.op("GLOB")(_glob_literal(prefix) + "*")
+        return column.op("GLOB", is_comparison=True)(_glob_literal(prefix) + "*")
 
     def first_three_between(self, column: ColumnElement[Any], low: str, high: str) -> ColumnElement[bool]:
         """ICD-10 blocks compare code points (byte order), as Python does, whatever the database collation."""
