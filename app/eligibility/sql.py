@@ -78,6 +78,10 @@ PASS, FAIL, UNDECIDED = (next(code for code, name in OUTCOME_CODES.items() if na
                          for outcome in ("pass", "fail", "unknown"))  # fmt: skip
 
 PATIENT_IDS = "patient_ids"  # the expanding bind parameter restricting the population
+# PostgreSQL settings for a whole-population screening (transaction-local): its joins and aggregates span
+# every candidate, where hash joins in memory win; the planner's row estimates for the candidate CTEs are
+# far too low and would otherwise pick nested loops of index look-ups.
+POPULATION_SETTINGS = ("SET LOCAL work_mem = '256MB'", "SET LOCAL enable_nestloop = off")
 
 
 def _instant(day: date) -> datetime:
@@ -207,10 +211,11 @@ def _complement(resource_type: str, counting: frozenset[str]) -> list[str]:
 class ScreeningCompiler:
     """Builds the screening statement for one study, screening date and dialect.
 
-    Two passes: `expression` walks each criterion and numbers its leaves; `build` then writes one shared
-    candidate CTE per resource type (Observation, Condition, the medication types) holding every leaf's
-    candidates with a flag column per leaf, so each type's index rows are read and joined once however
-    many leaves read them, and one score CTE per leaf over its flagged rows."""
+    Two passes: `expression` walks each criterion and numbers its leaves; `build` then writes one candidate
+    CTE per resource type (observations, readings, conditions, medications) holding every leaf's candidates
+    with the leaf's number, so each type's status, date and value rows are read and joined once however many
+    leaves read them, and one scoring pass per type (CASE on the leaf number) giving (leaf, patient_id,
+    score) rows."""
 
     def __init__(self, dialect: str, as_of: date, study_reference: str, *, restrict_patients: bool = False) -> None:
         self.sql = _Dialect(dialect)
@@ -242,7 +247,26 @@ class ScreeningCompiler:
     # ------------------------------------------------------------------------------------------ helpers
 
     def patients(self, column: Any) -> ColumnElement[bool]:
+        """`column` (a Patient id) is one of the patients asked for (always true for the whole population)."""
         return column.in_(bindparam(PATIENT_IDS, expanding=True)) if self.restrict else true()
+
+    def scoped(self, table: Any, resource_type: str, param: str | Sequence[str]) -> Select[Any]:
+        """`select().select_from(...)` over a table's index rows of one type and parameter(s). For a list of
+        patients the rows are reached from the resource table's patient index, then the index table's
+        (res_type, res_id) index: a few patients cost a few look-ups, not a scan of the parameter's rows
+        (the index tables have no patient index)."""
+        rows = self._rows(table, resource_type, param)
+        if not self.restrict:
+            return select().select_from(table).where(rows)
+        if resource_type == "Patient":
+            return select().select_from(table).where(rows, self.patients(table.c.res_id))
+        owner = resource_table.alias("owner")
+        joined = owner.join(table, and_(table.c.res_type == owner.c.res_type, table.c.res_id == owner.c.res_id))
+        return (
+            select()
+            .select_from(joined)
+            .where(owner.c.res_type == resource_type, self.patients(owner.c.patient_id), rows)
+        )
 
     def _rows(self, table: Any, resource_type: str, param: str | Sequence[str]) -> ColumnElement[bool]:
         by_param = table.c.param == param if isinstance(param, str) else table.c.param.in_(list(param))
@@ -296,17 +320,12 @@ class ScreeningCompiler:
         selects = []
         for leaf, match, excluded in uses:
             token = idx_token.alias("code")
-            where = [self._rows(token, resource_type, "code"), self.patients(token.c.patient_id), match(token)]
+            query = self.scoped(token, resource_type, "code").where(match(token))
             if excluded is not None:
                 exception = idx_token.alias("exception")
-                where.append(
-                    token.c.res_id.not_in(
-                        select(exception.c.res_id).where(
-                            self._rows(exception, resource_type, "code"), excluded(exception)
-                        )
-                    )
-                )
-            selects.append(select(literal(leaf).label("leaf"), token.c.patient_id, token.c.res_id).where(*where))
+                exceptions = self.scoped(exception, resource_type, "code").where(excluded(exception))
+                query = query.where(token.c.res_id.not_in(exceptions.add_columns(exception.c.res_id)))
+            selects.append(query.add_columns(literal(leaf).label("leaf"), token.c.patient_id, token.c.res_id))
         return (union_all(*selects) if len(selects) > 1 else selects[0]).cte(name)
 
     def _observations(self, uses: Sequence[tuple[int, Callable[[Any], ColumnElement[bool]]]]) -> CTE:
@@ -340,10 +359,9 @@ class ScreeningCompiler:
             )
             .where(
                 coded.c.res_id.not_in(
-                    select(bad.c.res_id).where(
-                        self._rows(bad, "Observation", "status"),
-                        bad.c.code.in_(_complement("Observation", ref.OBSERVATION_STATUSES)),
-                    )
+                    self.scoped(bad, "Observation", "status")
+                    .where(bad.c.code.in_(_complement("Observation", ref.OBSERVATION_STATUSES)))
+                    .add_columns(bad.c.res_id)
                 )
             )
             .group_by(coded.c.leaf, coded.c.patient_id, coded.c.res_id)
@@ -395,10 +413,9 @@ class ScreeningCompiler:
             )
             .where(
                 coded.c.res_id.not_in(
-                    select(void.c.res_id).where(
-                        self._rows(void, "Condition", "verification-status"),
-                        void.c.code.in_(sorted(ref.VOID_VERIFICATION)),
-                    )
+                    self.scoped(void, "Condition", "verification-status")
+                    .where(void.c.code.in_(sorted(ref.VOID_VERIFICATION)))
+                    .add_columns(void.c.res_id)
                 )
             )
             .group_by(coded.c.leaf, coded.c.patient_id, coded.c.res_id)
@@ -472,23 +489,25 @@ class ScreeningCompiler:
         coded = idx_token.alias("coded")
         high = idx_quantity.alias("high")
 
-        def interpreted(codes: frozenset[str]) -> ColumnElement[bool]:
-            return rows.c.res_id.in_(
-                select(interpretation.c.res_id).where(
-                    self._rows(interpretation, "Observation", "interpretation"),
-                    or_(interpretation.c.system.is_(None), interpretation.c.system == ref.INTERPRETATION_SYSTEM),
-                    interpretation.c.code.in_(sorted(codes)),
+        def having(table: Any, param: str, *conditions: ColumnElement[bool]) -> ColumnElement[bool]:
+            """The candidate has such an index row: a hashed set of all of them for a population, a look-up
+            per candidate for a few patients."""
+            if self.restrict:
+                return exists().where(
+                    self._rows(table, "Observation", param), table.c.res_id == rows.c.res_id, *conditions
                 )
+            return rows.c.res_id.in_(select(table.c.res_id).where(self._rows(table, "Observation", param), *conditions))
+
+        def interpreted(codes: frozenset[str]) -> ColumnElement[bool]:
+            return having(
+                interpretation,
+                "interpretation",
+                or_(interpretation.c.system.is_(None), interpretation.c.system == ref.INTERPRETATION_SYSTEM),
+                interpretation.c.code.in_(sorted(codes)),
             )
 
         def valued(code: str) -> ColumnElement[bool]:
-            return rows.c.res_id.in_(
-                select(coded.c.res_id).where(
-                    self._rows(coded, "Observation", "value-concept"),
-                    coded.c.system == ref.SNOMED,
-                    coded.c.code == code,
-                )
-            )
+            return having(coded, "value-concept", coded.c.system == ref.SNOMED, coded.c.code == code)
 
         # A reference high is comparable when it is a bare number (the value's unit), has the value's system
         # and code, or converts to the same canonical unit; positive only above every comparable high.
@@ -659,10 +678,9 @@ class ScreeningCompiler:
             )
             .where(
                 coded.c.res_id.not_in(
-                    select(bad.c.res_id).where(
-                        self._rows(bad, "Observation", "status"),
-                        bad.c.code.in_(_complement("Observation", ref.OBSERVATION_STATUSES)),
-                    )
+                    self.scoped(bad, "Observation", "status")
+                    .where(bad.c.code.in_(_complement("Observation", ref.OBSERVATION_STATUSES)))
+                    .add_columns(bad.c.res_id)
                 )
             )
             .group_by(coded.c.leaf, coded.c.patient_id, coded.c.res_id)
@@ -866,15 +884,15 @@ class ScreeningCompiler:
             (and_(youngest_at_least_low, oldest_at_most_high), TRUE),
             else_=UNKNOWN,
         )
-        return select(literal(spec.number).label("leaf"), birth.c.patient_id, score.label("score")).where(
-            self._rows(birth, "Patient", "birthdate"), self.patients(birth.c.patient_id)
+        return self.scoped(birth, "Patient", "birthdate").add_columns(
+            literal(spec.number).label("leaf"), birth.c.patient_id, score.label("score")
         )
 
     def _sex(self, spec: _Spec) -> Select[Any]:
         gender = idx_token.alias("gender")
         score = case((gender.c.code.in_(list(spec.node.administrative)), TRUE), else_=FALSE)
-        return select(literal(spec.number).label("leaf"), gender.c.patient_id, score.label("score")).where(
-            self._rows(gender, "Patient", "gender"), self.patients(gender.c.patient_id)
+        return self.scoped(gender, "Patient", "gender").add_columns(
+            literal(spec.number).label("leaf"), gender.c.patient_id, score.label("score")
         )
 
     def _other_study(self, spec: _Spec) -> Select[Any]:
@@ -884,31 +902,28 @@ class ScreeningCompiler:
         study = idx_reference.alias("rstudy")
         period = idx_date.alias("rperiod")
         this_study = status.c.res_id.in_(
-            select(study.c.res_id).where(
-                self._rows(study, "ResearchSubject", "study"),
-                study.c.target_type == self.study_type,
-                study.c.target_id == self.study_id,
-            )
+            self.scoped(study, "ResearchSubject", "study")
+            .where(study.c.target_type == self.study_type, study.c.target_id == self.study_id)
+            .add_columns(study.c.res_id)
         )
-        subjects = (
-            select(
+        taking_part = (
+            self.scoped(status, "ResearchSubject", "status")
+            .where(status.c.code.in_(sorted(ref.PARTICIPATING)), ~this_study)
+            .add_columns(
+                status.c.res_id,
                 status.c.patient_id,
                 case((status.c.code.in_(sorted(ref.ONGOING_PARTICIPATION)), 1), else_=0).label("ongoing"),
-                period.c.low.label("lo"),
-                period.c.high.label("hi"),
             )
+            .cte(f"leaf{spec.number}_statuses")
+        )
+        subjects = (
+            select(taking_part.c.patient_id, taking_part.c.ongoing, period.c.low.label("lo"), period.c.high.label("hi"))
             .select_from(
-                status.outerjoin(
-                    period, and_(self._rows(period, "ResearchSubject", "date"), period.c.res_id == status.c.res_id)
+                taking_part.outerjoin(
+                    period, and_(self._rows(period, "ResearchSubject", "date"), period.c.res_id == taking_part.c.res_id)
                 )
             )
-            .where(
-                self._rows(status, "ResearchSubject", "status"),
-                self.patients(status.c.patient_id),
-                status.c.code.in_(sorted(ref.PARTICIPATING)),
-                ~this_study,
-                or_(period.c.low.is_(None), period.c.low < self.next_day),
-            )
+            .where(or_(period.c.low.is_(None), period.c.low < self.next_day))
             .cte(f"leaf{spec.number}_subjects")
         )
         # an end says when it stopped; no end: ongoing, except off-study, which counts only if it started in
@@ -1067,6 +1082,9 @@ def screen(
         return Screening(dict.fromkeys(STATUSES, 0), [])
     if isinstance(conn_or_engine, Engine):
         with conn_or_engine.connect() as conn:
+            if conn.dialect.name == "postgresql" and patient_ids is None:
+                for setting in POPULATION_SETTINGS:  # gone when the connection's transaction ends
+                    conn.exec_driver_sql(setting)
             return screen(
                 conn, listed, as_of, study_reference, patient_ids=patient_ids, status=status, after=after, limit=limit
             )

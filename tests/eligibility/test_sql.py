@@ -547,6 +547,12 @@ CONDITION_REFS = [
 ]
 
 
+def _unwrap_when(node: dict[str, Any]) -> dict[str, Any]:
+    """A medication node's drawn `when` ({within: ...} or {ever: true}) merged into it."""
+    when: dict[str, Any] = node.get("when", {})
+    return {**{k: v for k, v in node.items() if k != "when"}, **when}
+
+
 def leaf() -> st.SearchStrategy[dict[str, Any]]:
     window = st.sampled_from(WINDOWS)
     missing = st.sampled_from(["absent", "unknown"])
@@ -600,7 +606,7 @@ def leaf() -> st.SearchStrategy[dict[str, Any]]:
             "min_duration": st.sampled_from([{"days": 28}, {"months": 1}, {"months": 3}, {"years": 1}]),
             "missing": missing,
         },
-    ).map(lambda node: {**{k: v for k, v in node.items() if k != "when"}, **node.get("when", {})})
+    ).map(_unwrap_when)
     return st.one_of(
         age.map(lambda node: {"age": node}),
         st.lists(st.sampled_from(["male", "female", "other"]), min_size=1, max_size=2, unique=True).map(
