@@ -23,7 +23,7 @@ from app.fhir.errors import FhirError, Issue, bad_request, operation_outcome, pr
 from app.fhir.interactions import InteractionResult
 from app.fhir.references import ReferenceSite, find_references, rewrite_references
 from app.fhir.searchset import SearchContext, search_bundle
-from app.fhir.validation import check_id, semantic_issues, validation_issues
+from app.fhir.validation import check_id, validation_issues
 from app.fhir.validator_pool import INLINE, ValidatorPool
 from app.store.repository import Store, WriteTransaction, fhir_instant, new_id, parse_etag
 from app.store.search import canonical_condition, parse_search
@@ -220,12 +220,8 @@ def _relative(url: str, base_url: str) -> tuple[str, str]:
 def _transaction(store: Store, raw_entries: list[Any], options: BundleOptions) -> dict[str, Any]:
     entries = [_parse_entry(i, raw, options) for i, raw in enumerate(raw_entries)]
     _reject_duplicate_targets(entries)
-    writing = [e for e in entries if e.resource is not None]
-    # The expensive model validation runs (in worker processes, for big bundles) while this thread
-    # resolves identities, rewrites references and stages the writes; nothing commits until it passed.
-    model_validation = options.validator.start([e.resource for e in writing if e.resource is not None])
     results: dict[int, dict[str, Any]] = {}
-    sites = {e.index: find_references(e.resource, f"{e.where}.resource") for e in writing}
+    sites = {e.index: find_references(e.resource, f"{e.where}.resource") for e in entries if _writes(e)}
     with store.transaction() as tx:
         tx.lock_conditions(_conditions(entries, sites))
         id_map = _resolve_identities(tx, entries)
@@ -235,19 +231,41 @@ def _transaction(store: Store, raw_entries: list[Any], options: BundleOptions) -
             if e.method in ("PUT", "DELETE") and e.resource_type and e.target_id
         )
         resolver = _ReferenceResolver(tx, id_map, options.base_url)
-        for entry in writing:
-            rewrite_references(sites[entry.index], resolver)
+        for entry_sites in sites.values():
+            rewrite_references(entry_sites, resolver)
+        ordered = sorted(entries, key=lambda e: _ORDER[e.method])
+        # New resources are stamped now, so the workers that check them (for big bundles) also extract
+        # their index rows; the rest is checked as sent. Results come back in execution order.
+        writing = [e for e in ordered if _writes(e)]
+        created = {
+            e.index: tx.stamp_new(e.resource_type, e.resource, e.target_id)
+            for e in writing
+            if e.method == "POST" and not e.reuse_existing and e.resource_type and e.resource and e.target_id
+        }
+        to_check: list[dict[str, Any]] = []
+        for e in writing:
+            content = created[e.index].content if e.index in created else e.resource
+            assert content is not None
+            to_check.append(content)
+        checks = options.validator.check(to_check, [e.target_id if e.index in created else None for e in writing])
+        issues: list[Issue] = []
         failure: Exception | None = None
-        if not resolver.issues:
+        for entry in ordered:
+            checked = next(checks) if _writes(entry) else None
+            if checked is not None and checked.issues:
+                issues.extend(i.under(f"{entry.where}.resource") for i in checked.issues)
+            if resolver.issues or issues or failure is not None:
+                continue  # nothing will be written: only the remaining checks are wanted, for the report
             try:
-                for entry in sorted(entries, key=lambda e: _ORDER[e.method]):
-                    try:
-                        results[entry.index] = _response_entry(_execute(tx, entry, options), entry, options)
-                    except FhirError as exc:
-                        raise _at_entry(exc, entry) from None
+                if entry.index in created:
+                    result = tx.add_created(created[entry.index], checked.index if checked else None)
+                    results[entry.index] = _response_entry(InteractionResult(201, result.stored), entry, options)
+                else:
+                    results[entry.index] = _response_entry(_execute(tx, entry, options), entry, options)
+            except FhirError as exc:
+                failure = _at_entry(exc, entry)
             except Exception as exc:  # reported after validation, which explains most failures
                 failure = exc
-        issues = _validation_issues(writing, model_validation())
         if resolver.issues or issues:
             raise FhirError(_rejection_status(resolver.issues), (resolver.issues + issues)[:MAX_REPORTED_ISSUES])
         if failure is not None:
@@ -259,16 +277,9 @@ def _transaction(store: Store, raw_entries: list[Any], options: BundleOptions) -
     }
 
 
-def _validation_issues(writing: list[_Entry], model_issues: list[list[Issue]]) -> list[Issue]:
-    """Model issues per entry; where the model passed, the conformance checks (on rewritten references)."""
-    issues: list[Issue] = []
-    for entry, found in zip(writing, model_issues, strict=True):
-        assert entry.resource is not None
-        found = found or semantic_issues(entry.resource)
-        issues.extend(i.under(f"{entry.where}.resource") for i in found)
-        if len(issues) >= MAX_REPORTED_ISSUES:
-            break
-    return issues
+def _writes(entry: _Entry) -> bool:
+    """A POST or PUT: its resource is checked and written (or, for a matched ifNoneExist, only checked)."""
+    return entry.method in ("POST", "PUT") and entry.resource is not None
 
 
 def _conditions(entries: list[_Entry], sites: dict[int, list[ReferenceSite]]) -> list[tuple[str, str]]:

@@ -1,33 +1,55 @@
-"""Model validation of many resources at once, spread over worker processes.
+"""The per-resource work of a write that needs no database, spread over worker processes.
 
-Validating with the fhir.resources models costs ~250 µs per resource and holds the GIL, so within
-one Python process it caps a bundle at one core. For large bundles the models run in a small
-process pool while the request thread resolves ids, rewrites references and builds index rows;
-the transaction commits only after every resource passed. Small batches validate inline, where
-shipping them to another process would cost more than it saves.
+Validating with the fhir.resources models costs ~250 µs per resource and holds the GIL; the semantic
+checks and the search-index extraction cost about as much again. Within one Python process that caps
+a bundle at one core, and the request thread (which must resolve ids, rewrite references and insert
+rows) would do it all. For large bundles this work runs in a small process pool: the request thread
+sends each chunk as soon as its references are final and inserts the rows of one chunk while the
+workers check the next; the transaction commits only after every resource passed. Small batches run
+inline, where shipping them to another process would cost more than it saves.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from app.fhir.errors import Issue
-from app.fhir.validation import model_issues
+from app.fhir.validation import model_issues, semantic_issues
+from app.store import indexer
+from app.store.indexer import IndexRows
 
 INLINE_BELOW = 64  # resources; below this a round trip to a worker costs more than it saves
 CHUNK = 100
 
-Waiter = Callable[[], list[list[Issue]]]
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """One resource's verdict: what is wrong with it ([] when valid) and, when it was sent with the id it
+    will be stored under and passed, its search-index rows."""
+
+    issues: list[Issue]
+    index: IndexRows | None = None
 
 
-def _validate_chunk(payload: bytes) -> list[list[Issue]]:
-    return [model_issues(resource) for resource in orjson.loads(payload)]
+def check_resource(resource: dict[str, Any], index_id: str | None = None) -> Checked:
+    """Model validation, then (only for a structurally valid resource) the semantic checks, then (only for
+    a valid one, given the id it is stored under) the index rows."""
+    issues = model_issues(resource) or semantic_issues(resource)
+    if issues or index_id is None:
+        return Checked(issues)
+    return Checked([], indexer.extract(resource["resourceType"], index_id, resource))
+
+
+def _check_chunk(payload: bytes) -> list[Checked]:
+    resources, index_ids = orjson.loads(payload)
+    return [check_resource(resource, index_id) for resource, index_id in zip(resources, index_ids, strict=True)]
 
 
 def default_workers() -> int:
@@ -45,18 +67,23 @@ class ValidatorPool:
             context = multiprocessing.get_context("forkserver")
             self._pool = ProcessPoolExecutor(workers, mp_context=context)
 
-    def start(self, resources: Sequence[dict[str, Any]]) -> Waiter:
-        """Begin validating; the returned callable gives each resource's issues, in order."""
+    def check(
+        self, resources: Sequence[dict[str, Any]], index_ids: Sequence[str | None] | None = None
+    ) -> Iterator[Checked]:
+        """Start checking every resource now; the iterator yields each one's `Checked`, in order, as soon as
+        its chunk is done. `index_ids[i]`, when given, is the id resource i is stored under: its index rows
+        are extracted too (so its content must be final: references rewritten, id and meta stamped)."""
+        ids: Sequence[str | None] = index_ids if index_ids is not None else [None] * len(resources)
         if self._pool is None or len(resources) < INLINE_BELOW:
-            # Validate now, before the caller opens its database transaction: on SQLite that transaction
-            # holds the database's write lock, which other server processes then wait for.
-            results = [model_issues(r) for r in resources]
-            return lambda: results
-        futures: list[Future[list[list[Issue]]]] = [
-            self._pool.submit(_validate_chunk, orjson.dumps(resources[start : start + CHUNK]))
+            return (check_resource(resource, index_id) for resource, index_id in zip(resources, ids, strict=True))
+        futures: list[Future[list[Checked]]] = [
+            self._pool.submit(
+                _check_chunk,
+                orjson.dumps([resources[start : start + CHUNK], list(ids[start : start + CHUNK])]),
+            )
             for start in range(0, len(resources), CHUNK)
         ]
-        return lambda: [issues for future in futures for issues in future.result()]
+        return (checked for future in futures for checked in future.result())
 
     def close(self) -> None:
         if self._pool is not None:

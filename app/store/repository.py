@@ -38,6 +38,9 @@ from app.store.search import (
     encode_page_token,
 )
 
+# Buffered creates are written every so many resources: a big bundle's inserts then overlap with the
+# checking of its later resources in worker processes, and memory stays bounded.
+_FLUSH_EVERY = 200
 _PREFETCH_CHUNK = 500  # ids per IN list: well under SQLite's 32,766 bound variables
 _RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
 
@@ -451,9 +454,19 @@ class WriteTransaction:
 
     def create(self, resource_type: str, content: dict[str, Any], res_id: str | None = None) -> WriteResult:
         """Create a resource with a server id (or the given one, for update-as-create of a new id)."""
+        return self.add_created(self.stamp_new(resource_type, content, res_id or new_id()))
+
+    def stamp_new(self, resource_type: str, content: dict[str, Any], res_id: str) -> StoredResource:
+        """Version 1 of a new resource as it will be stored (normalised, id and meta stamped), not yet written:
+        bundles have it checked and indexed in worker processes, then `add_created` writes it."""
         if self._normalize is not None:
             content = self._normalize(resource_type, content)
-        return self._create(resource_type, content, res_id)
+        return self._stamp(resource_type, res_id, 1, content, "POST")
+
+    def add_created(self, stored: StoredResource, index: indexer.IndexRows | None = None) -> WriteResult:
+        """Write a resource from `stamp_new`, with its index rows when they were already extracted."""
+        self._queue(stored, index)
+        return WriteResult(stored, created=True)
 
     def _create(self, resource_type: str, content: dict[str, Any], res_id: str | None) -> WriteResult:
         res_id = res_id or new_id()
@@ -472,9 +485,10 @@ class WriteTransaction:
         stamped["meta"] = meta
         return StoredResource(resource_type, res_id, version, self.now, stamped, method)
 
-    def _queue(self, stored: StoredResource) -> None:
+    def _queue(self, stored: StoredResource, index: indexer.IndexRows | None = None) -> None:
         assert stored.content is not None
-        index = indexer.extract(stored.resource_type, stored.id, stored.content)
+        if index is None:
+            index = indexer.extract(stored.resource_type, stored.id, stored.content)
         self._pending_resources.append(
             {
                 "res_type": stored.resource_type,
@@ -489,6 +503,8 @@ class WriteTransaction:
         for kind, rows in index.rows.items():
             self._pending_index.setdefault(kind, []).extend(rows)
         self._pending_keys.add((stored.resource_type, stored.id))
+        if len(self._pending_resources) >= _FLUSH_EVERY:
+            self.flush()
 
     def flush(self) -> None:
         if self._pending_resources:

@@ -1,0 +1,72 @@
+"""The worker pool gives exactly what the same checks give inline: issues per resource, in order, and the
+index rows of the valid resources sent with an id."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from app.fhir.validator_pool import CHUNK, INLINE, INLINE_BELOW, ValidatorPool, check_resource
+from app.store import indexer
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[ValidatorPool]:
+    workers = ValidatorPool(2)
+    yield workers
+    workers.close()
+
+
+def observation(n: int, status: str = "final") -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": f"o{n}",
+        "meta": {"versionId": "1", "lastUpdated": "2026-11-23T08:00:00Z"},
+        "status": status,
+        "code": {"coding": [{"system": "http://loinc.org", "code": "6690-2"}]},
+        "subject": {"reference": f"Patient/p{n % 7}"},
+        "effectiveDateTime": "2026-05-01T08:00:00Z",
+        "valueQuantity": {"value": n / 10, "unit": "10*3/uL", "system": "http://unitsofmeasure.org", "code": "10*3/uL"},
+    }
+
+
+def batch() -> tuple[list[dict[str, Any]], list[str | None]]:
+    """More than two chunks; a model error (a string where a number goes), a required-binding error (status
+    'bogus', which the models accept), and resources sent without an id (checked, not indexed)."""
+    resources = [observation(n) for n in range(2 * CHUNK + 17)]
+    resources[5]["valueQuantity"]["value"] = "high"
+    resources[CHUNK + 3]["status"] = "bogus"
+    ids: list[str | None] = [r["id"] if n % 11 else None for n, r in enumerate(resources)]
+    return resources, ids
+
+
+def test_the_pool_agrees_with_the_inline_checks(pool: ValidatorPool) -> None:
+    resources, ids = batch()
+    assert len(resources) >= INLINE_BELOW  # so it really goes to the workers
+    pooled = list(pool.check(resources, ids))
+    inline = list(INLINE.check(resources, ids))
+    assert pooled == inline
+    assert len(pooled) == len(resources)
+    assert [n for n, checked in enumerate(pooled) if checked.issues] == [5, CHUNK + 3]
+    assert "valueQuantity.value" in pooled[5].issues[0].expression[0]
+    assert pooled[CHUNK + 3].issues[0].expression == ("Observation.status",)
+
+
+def test_index_rows_come_back_only_for_valid_resources_sent_with_an_id(pool: ValidatorPool) -> None:
+    resources, ids = batch()
+    for n, (resource, index_id, checked) in enumerate(zip(resources, ids, pool.check(resources, ids), strict=True)):
+        if checked.issues or index_id is None:
+            assert checked.index is None, n
+        else:
+            assert checked.index == indexer.extract("Observation", index_id, resource)
+            assert checked.index.patient_id == f"p{n % 7}"
+            assert {row["param"] for row in checked.index.rows["token"]} >= {"code", "status"}
+
+
+def test_a_single_resource_is_checked_inline_the_same_way() -> None:
+    resource = observation(1, status="bogus")
+    assert check_resource(resource, "o1").issues
+    assert check_resource(resource, "o1").index is None
+    assert check_resource(observation(2), None).index is None
