@@ -328,15 +328,18 @@ class ScreeningCompiler:
             selects.append(query.add_columns(literal(leaf).label("leaf"), token.c.patient_id, token.c.res_id))
         return (union_all(*selects) if len(selects) > 1 else selects[0]).cte(name)
 
-    def _observations(self, uses: Sequence[tuple[int, Callable[[Any], ColumnElement[bool]]]]) -> CTE:
-        """The candidates of every observation leaf (`leaf`: its number; a pregnancy's hCG: -1 - its number):
-        Observations with a status that counts, not future-dated, with their date span (lo: first instant,
-        hi: last) and canonical value-quantity (q_canonical_value, q_canonical_code)."""
+    def _observation_values(self, uses: Sequence[tuple[int, Callable[[Any], ColumnElement[bool]]]]) -> CTE:
+        """The candidates of every observation leaf, threshold and positive-mode (`leaf`: its number; a
+        pregnancy's hCG: -1 - its number): Observations with a status that counts, not future-dated, with
+        their date span (lo: first instant, hi: last) and value-quantity (q_value, q_system, q_code, and
+        canonical: q_canonical_value, q_canonical_code). One CTE for all of them: each Observation's status,
+        date and value rows are joined once, however many leaves read it."""
         coded = self._coded("Observation", [(leaf, match, None) for leaf, match in uses], "observation_codes")
         dated = idx_date.alias("odate")
         q = idx_quantity.alias("oq")
         bad = idx_token.alias("ostatus")
         lo = func.min(dated.c.low)
+        names = ("value", "system", "code", "canonical_value", "canonical_code")
         query = (
             select(
                 coded.c.leaf,
@@ -344,8 +347,7 @@ class ScreeningCompiler:
                 coded.c.res_id,
                 lo.label("lo"),
                 func.max(func.coalesce(dated.c.high, dated.c.low)).label("hi"),
-                func.max(q.c.canonical_value).label("q_canonical_value"),
-                func.max(q.c.canonical_code).label("q_canonical_code"),
+                *(func.max(q.c[name]).label(f"q_{name}") for name in names),
             )
             .select_from(
                 coded.outerjoin(
@@ -367,7 +369,12 @@ class ScreeningCompiler:
             .group_by(coded.c.leaf, coded.c.patient_id, coded.c.res_id)
             .having(or_(lo.is_(None), lo < self.next_day))
         )
-        return query.cte("observations")
+        return query.cte("observation_values")
+
+    @staticmethod
+    def _of_leaves(values: CTE, leaves: Sequence[int], name: str) -> CTE:
+        """The rows of `values` that belong to these leaves."""
+        return select(values).where(values.c.leaf.in_(list(leaves))).cte(name)
 
     def _conditions(
         self,
@@ -551,15 +558,20 @@ class ScreeningCompiler:
         conditions = by_kind.get("condition", [])
         medications = by_kind.get("medication", [])
         sources: list[Select[Any]] = []
+        observation_uses = [(spec.number, self._matcher(spec.node.codes)) for spec in thresholds + positives]
+        observation_uses += [(-1 - spec.number, self._hcg_code) for spec in pregnancies]
+        values = self._observation_values(observation_uses) if observation_uses else None
         if thresholds:
-            rows = self._observations([(spec.number, self._matcher(spec.node.codes)) for spec in thresholds])
+            assert values is not None
+            rows = self._of_leaves(values, [spec.number for spec in thresholds], "observations")
             judged = {spec.number: self._threshold(spec.node, rows) for spec in thresholds}
             sources.append(self._observation_scores(thresholds, rows, judged, "threshold"))
         readings = None
         if positives or pregnancies:
-            uses = [(spec.number, self._matcher(spec.node.codes)) for spec in positives]
-            uses += [(-1 - spec.number, self._hcg_code) for spec in pregnancies]
-            readings = self._readings(uses)
+            assert values is not None
+            readings = self._readings(
+                values, [spec.number for spec in positives] + [-1 - spec.number for spec in pregnancies]
+            )
             if positives:
                 judged = {}
                 for spec in positives:
@@ -648,45 +660,10 @@ class ScreeningCompiler:
 
     # ------------------------------------------------------------------------------------------ leaves
 
-    def _readings(self, uses: Sequence[tuple[int, Callable[[Any], ColumnElement[bool]]]]) -> CTE:
+    def _readings(self, values: CTE, leaves: Sequence[int]) -> CTE:
         """Candidates of the positive-mode leaves and of the pregnancies' hCG (leaf -1 - n), read as positive
         (1), negative (0) or not readable (NULL), with their date span."""
-        coded = self._coded("Observation", [(leaf, match, None) for leaf, match in uses], "reading_codes")
-        dated = idx_date.alias("rdate")
-        q = idx_quantity.alias("rq")
-        bad = idx_token.alias("rstatus")
-        lo = func.min(dated.c.low)
-        names = ("value", "system", "code", "canonical_value", "canonical_code")
-        raw = (
-            select(
-                coded.c.leaf,
-                coded.c.patient_id,
-                coded.c.res_id,
-                lo.label("lo"),
-                func.max(func.coalesce(dated.c.high, dated.c.low)).label("hi"),
-                *(func.max(q.c[name]).label(f"q_{name}") for name in names),
-            )
-            .select_from(
-                coded.outerjoin(
-                    dated,
-                    and_(
-                        self._rows(dated, "Observation", "date"),
-                        dated.c.res_id == coded.c.res_id,
-                        dated.c.low.is_not(None),
-                    ),
-                ).outerjoin(q, and_(self._rows(q, "Observation", "value-quantity"), q.c.res_id == coded.c.res_id))
-            )
-            .where(
-                coded.c.res_id.not_in(
-                    self.scoped(bad, "Observation", "status")
-                    .where(bad.c.code.in_(_complement("Observation", ref.OBSERVATION_STATUSES)))
-                    .add_columns(bad.c.res_id)
-                )
-            )
-            .group_by(coded.c.leaf, coded.c.patient_id, coded.c.res_id)
-            .having(or_(lo.is_(None), lo < self.next_day))
-            .cte("reading_values")
-        )
+        raw = self._of_leaves(values, leaves, "reading_values")
         return select(raw.c.leaf, raw.c.patient_id, raw.c.lo, raw.c.hi, self._positivity(raw).label("positive")).cte(
             "readings"
         )

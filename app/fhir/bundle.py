@@ -247,7 +247,9 @@ def _transaction(store: Store, raw_entries: list[Any], options: BundleOptions) -
             content = created[e.index].content if e.index in created else e.resource
             assert content is not None
             to_check.append(content)
-        checks = options.validator.check(to_check, [e.target_id if e.index in created else None for e in writing])
+        checks = options.validator.check(
+            to_check, [e.target_id if e.index in created else None for e in writing], sqlite=tx.sqlite
+        )
         issues: list[Issue] = []
         failure: Exception | None = None
         for entry in ordered:

@@ -23,7 +23,7 @@ import orjson
 from app.fhir.errors import Issue
 from app.fhir.validation import model_issues, semantic_issues
 from app.store import indexer
-from app.store.indexer import IndexRows
+from app.store.bulk import StorageIndex, storage_index
 
 INLINE_BELOW = 64  # resources; below this a round trip to a worker costs more than it saves
 CHUNK = 100
@@ -32,24 +32,28 @@ CHUNK = 100
 @dataclass(frozen=True, slots=True)
 class Checked:
     """One resource's verdict: what is wrong with it ([] when valid) and, when it was sent with the id it
-    will be stored under and passed, its search-index rows."""
+    will be stored under and passed, its search-index rows in the database's storage format (tuples of
+    strings and numbers: they cross back from a worker process several times cheaper than dicts of datetimes)."""
 
     issues: list[Issue]
-    index: IndexRows | None = None
+    index: StorageIndex | None = None
 
 
-def check_resource(resource: dict[str, Any], index_id: str | None = None) -> Checked:
+def check_resource(resource: dict[str, Any], index_id: str | None = None, *, sqlite: bool = False) -> Checked:
     """Model validation, then (only for a structurally valid resource) the semantic checks, then (only for
-    a valid one, given the id it is stored under) the index rows."""
+    a valid one, given the id it is stored under) the index rows, for SQLite or PostgreSQL."""
     issues = model_issues(resource) or semantic_issues(resource)
     if issues or index_id is None:
         return Checked(issues)
-    return Checked([], indexer.extract(resource["resourceType"], index_id, resource))
+    return Checked([], storage_index(indexer.extract(resource["resourceType"], index_id, resource), sqlite))
 
 
-def _check_chunk(payload: bytes) -> list[Checked]:
+def _check_chunk(payload: bytes, sqlite: bool) -> list[Checked]:
     resources, index_ids = orjson.loads(payload)
-    return [check_resource(resource, index_id) for resource, index_id in zip(resources, index_ids, strict=True)]
+    return [
+        check_resource(resource, index_id, sqlite=sqlite)
+        for resource, index_id in zip(resources, index_ids, strict=True)
+    ]
 
 
 def default_workers() -> int:
@@ -68,18 +72,27 @@ class ValidatorPool:
             self._pool = ProcessPoolExecutor(workers, mp_context=context)
 
     def check(
-        self, resources: Sequence[dict[str, Any]], index_ids: Sequence[str | None] | None = None
+        self,
+        resources: Sequence[dict[str, Any]],
+        index_ids: Sequence[str | None] | None = None,
+        *,
+        sqlite: bool = False,
     ) -> Iterator[Checked]:
         """Start checking every resource now; the iterator yields each one's `Checked`, in order, as soon as
         its chunk is done. `index_ids[i]`, when given, is the id resource i is stored under: its index rows
-        are extracted too (so its content must be final: references rewritten, id and meta stamped)."""
+        are extracted too (so its content must be final: references rewritten, id and meta stamped), in the
+        storage format of SQLite or of PostgreSQL."""
         ids: Sequence[str | None] = index_ids if index_ids is not None else [None] * len(resources)
         if self._pool is None or len(resources) < INLINE_BELOW:
-            return (check_resource(resource, index_id) for resource, index_id in zip(resources, ids, strict=True))
+            return (
+                check_resource(resource, index_id, sqlite=sqlite)
+                for resource, index_id in zip(resources, ids, strict=True)
+            )
         futures: list[Future[list[Checked]]] = [
             self._pool.submit(
                 _check_chunk,
                 orjson.dumps([resources[start : start + CHUNK], list(ids[start : start + CHUNK])]),
+                sqlite,
             )
             for start in range(0, len(resources), CHUNK)
         ]

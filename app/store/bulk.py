@@ -7,6 +7,7 @@ SQLAlchemy itself uses (so its reads and comparisons still work), and go to the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +16,8 @@ import psycopg
 from sqlalchemy import JSON, Connection, DateTime, Table
 
 from app.fhir.errors import conflict, unprocessable
+from app.store.indexer import IndexRows
+from app.store.schema import INDEX_TABLES
 
 
 def _sqlite_datetime(value: datetime) -> str:
@@ -23,13 +26,20 @@ def _sqlite_datetime(value: datetime) -> str:
     return f"{v.year:04d}-{v.month:02d}-{v.day:02d} {v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
 
 
+def _iso_datetime(value: datetime) -> str:
+    # PostgreSQL parses the ISO form with its offset in COPY; as a string it crosses process boundaries far
+    # cheaper than a pickled datetime.
+    return value.isoformat()
+
+
 def _converters(table: Table, sqlite: bool) -> list[Any]:
     converters: list[Any] = []
     for column in table.columns:
         if isinstance(column.type, JSON):
             converters.append(lambda v: None if v is None else orjson.dumps(v).decode())
-        elif sqlite and isinstance(column.type, DateTime):
-            converters.append(lambda v: None if v is None else _sqlite_datetime(v))
+        elif isinstance(column.type, DateTime):
+            convert = _sqlite_datetime if sqlite else _iso_datetime
+            converters.append(lambda v, convert=convert: None if v is None else convert(v))
         else:
             converters.append(None)
     return converters
@@ -38,27 +48,51 @@ def _converters(table: Table, sqlite: bool) -> list[Any]:
 _CONVERTERS: dict[tuple[str, bool], list[Any]] = {}
 
 
-def bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    sqlite = conn.dialect.name == "sqlite"
+def storage_tuples(table: Table, rows: list[dict[str, Any]], sqlite: bool) -> list[tuple[Any, ...]]:
+    """Rows as tuples in the table's column order and the database's storage format (what `insert_tuples`
+    takes): JSON serialised, datetimes as the strings each database stores or parses."""
     key = (table.name, sqlite)
     converters = _CONVERTERS.get(key)
     if converters is None:
         converters = _CONVERTERS[key] = _converters(table, sqlite)
     names = [c.name for c in table.columns]
     converted = [(i, f) for i, f in enumerate(converters) if f is not None]
-    if converted:
-        tuples = []
-        for row in rows:
-            values = list(map(row.get, names))
-            for i, convert in converted:
-                values[i] = convert(values[i])
-            tuples.append(tuple(values))
-    else:
-        tuples = [tuple(map(row.get, names)) for row in rows]
+    if not converted:
+        return [tuple(map(row.get, names)) for row in rows]
+    tuples = []
+    for row in rows:
+        values = list(map(row.get, names))
+        for i, convert in converted:
+            values[i] = convert(values[i])
+        tuples.append(tuple(values))
+    return tuples
+
+
+@dataclass(frozen=True, slots=True)
+class StorageIndex:
+    """A resource's index rows in storage format, per index table (keyed like `INDEX_TABLES`)."""
+
+    tuples: dict[str, list[tuple[Any, ...]]]
+    patient_id: str | None
+
+
+def storage_index(index: IndexRows, sqlite: bool) -> StorageIndex:
+    return StorageIndex(
+        {kind: storage_tuples(INDEX_TABLES[kind], rows, sqlite) for kind, rows in index.rows.items()}, index.patient_id
+    )
+
+
+def bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    insert_tuples(conn, table, storage_tuples(table, rows, conn.dialect.name == "sqlite"))
+
+
+def insert_tuples(conn: Connection, table: Table, tuples: list[tuple[Any, ...]]) -> None:
+    """Insert rows from `storage_tuples` in one driver call."""
+    if not tuples:
+        return
+    names = [c.name for c in table.columns]
     columns = ", ".join(names)
-    if sqlite:
+    if conn.dialect.name == "sqlite":
         placeholders = ", ".join("?" for _ in names)
         conn.exec_driver_sql(f"INSERT INTO {table.name} ({columns}) VALUES ({placeholders})", tuples)  # noqa: S608
         return

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, insert, select, text, update
@@ -26,7 +27,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from app.fhir.errors import FhirError, conflict, gone, not_found, precondition_failed
 from app.store import indexer
-from app.store.bulk import bulk_insert
+from app.store.bulk import StorageIndex, bulk_insert, insert_tuples, storage_index
 from app.store.db import is_sqlite
 from app.store.schema import INDEX_TABLES, Resource, ResourceHistory
 from app.store.search import (
@@ -108,6 +109,7 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+@lru_cache(maxsize=256)  # a transaction stamps every resource it writes with the same instant
 def fhir_instant(value: datetime) -> str:
     return _utc(value).astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
@@ -444,7 +446,7 @@ class WriteTransaction:
         self._normalize = normalize
         self.now = datetime.now(UTC)
         self._pending_resources: list[dict[str, Any]] = []
-        self._pending_index: dict[str, list[dict[str, Any]]] = {}
+        self._pending_index: dict[str, list[tuple[Any, ...]]] = {}  # storage tuples per index table
         self._pending_keys: set[tuple[str, str]] = set()
         self._held_locks: set[str] = set()
         # Current rows read ahead in bulk (None: known not to exist); each is used once, then re-read.
@@ -463,8 +465,9 @@ class WriteTransaction:
             content = self._normalize(resource_type, content)
         return self._stamp(resource_type, res_id, 1, content, "POST")
 
-    def add_created(self, stored: StoredResource, index: indexer.IndexRows | None = None) -> WriteResult:
-        """Write a resource from `stamp_new`, with its index rows when they were already extracted."""
+    def add_created(self, stored: StoredResource, index: StorageIndex | None = None) -> WriteResult:
+        """Write a resource from `stamp_new`, with its index rows when they were already extracted (for this
+        database: see `sqlite`)."""
         self._queue(stored, index)
         return WriteResult(stored, created=True)
 
@@ -485,10 +488,15 @@ class WriteTransaction:
         stamped["meta"] = meta
         return StoredResource(resource_type, res_id, version, self.now, stamped, method)
 
-    def _queue(self, stored: StoredResource, index: indexer.IndexRows | None = None) -> None:
+    @property
+    def sqlite(self) -> bool:
+        """Is the database SQLite (whose storage format index rows prepared elsewhere must use)?"""
+        return self._sqlite
+
+    def _queue(self, stored: StoredResource, index: StorageIndex | None = None) -> None:
         assert stored.content is not None
         if index is None:
-            index = indexer.extract(stored.resource_type, stored.id, stored.content)
+            index = storage_index(indexer.extract(stored.resource_type, stored.id, stored.content), self._sqlite)
         self._pending_resources.append(
             {
                 "res_type": stored.resource_type,
@@ -500,8 +508,8 @@ class WriteTransaction:
                 "content": stored.content,
             }
         )
-        for kind, rows in index.rows.items():
-            self._pending_index.setdefault(kind, []).extend(rows)
+        for kind, tuples in index.tuples.items():
+            self._pending_index.setdefault(kind, []).extend(tuples)
         self._pending_keys.add((stored.resource_type, stored.id))
         if len(self._pending_resources) >= _FLUSH_EVERY:
             self.flush()
@@ -510,8 +518,8 @@ class WriteTransaction:
         if self._pending_resources:
             bulk_insert(self.conn, resource_table, self._pending_resources)
             self._pending_resources = []
-        for kind, rows in self._pending_index.items():
-            bulk_insert(self.conn, INDEX_TABLES[kind], rows)
+        for kind, tuples in self._pending_index.items():
+            insert_tuples(self.conn, INDEX_TABLES[kind], tuples)
         self._pending_index = {}
         self._pending_keys = set()
 

@@ -10,6 +10,8 @@ import pytest
 
 from app.fhir.validator_pool import CHUNK, INLINE, INLINE_BELOW, ValidatorPool, check_resource
 from app.store import indexer
+from app.store.bulk import storage_index
+from app.store.schema import idx_date, idx_token
 
 
 @pytest.fixture(scope="module")
@@ -54,15 +56,21 @@ def test_the_pool_agrees_with_the_inline_checks(pool: ValidatorPool) -> None:
     assert pooled[CHUNK + 3].issues[0].expression == ("Observation.status",)
 
 
-def test_index_rows_come_back_only_for_valid_resources_sent_with_an_id(pool: ValidatorPool) -> None:
+@pytest.mark.parametrize("sqlite", [True, False], ids=["sqlite", "postgresql"])
+def test_index_rows_come_back_only_for_valid_resources_sent_with_an_id(pool: ValidatorPool, sqlite: bool) -> None:
     resources, ids = batch()
-    for n, (resource, index_id, checked) in enumerate(zip(resources, ids, pool.check(resources, ids), strict=True)):
+    param = [column.name for column in idx_token.columns].index("param")
+    checks = pool.check(resources, ids, sqlite=sqlite)
+    for n, (resource, index_id, checked) in enumerate(zip(resources, ids, checks, strict=True)):
         if checked.issues or index_id is None:
             assert checked.index is None, n
         else:
-            assert checked.index == indexer.extract("Observation", index_id, resource)
+            assert checked.index == storage_index(indexer.extract("Observation", index_id, resource), sqlite)
             assert checked.index.patient_id == f"p{n % 7}"
-            assert {row["param"] for row in checked.index.rows["token"]} >= {"code", "status"}
+            assert {row[param] for row in checked.index.tuples["token"]} >= {"code", "status"}
+            # the date range in each database's storage format: SQLite's naive UTC text, ISO with offset
+            low = checked.index.tuples["date"][0][[c.name for c in idx_date.columns].index("low")]
+            assert low == ("2026-05-01 08:00:00.000000" if sqlite else "2026-05-01T08:00:00+00:00")
 
 
 def test_a_single_resource_is_checked_inline_the_same_way() -> None:
