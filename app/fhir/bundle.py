@@ -240,7 +240,12 @@ def _transaction(store: Store, raw_entries: list[Any], options: BundleOptions) -
         created = {
             e.index: tx.stamp_new(e.resource_type, e.resource, e.target_id)
             for e in writing
-            if e.method == "POST" and not e.reuse_existing and e.resource_type and e.resource and e.target_id
+            if e.method == "POST"
+            and not e.reuse_existing
+            and e.resource_type
+            and e.resource
+            and e.target_id
+            and isinstance(e.resource.get("meta", {}), dict)  # a malformed meta is checked (and refused) as sent
         }
         to_check: list[dict[str, Any]] = []
         for e in writing:

@@ -128,3 +128,20 @@ def test_conditional_update_never_overwrites_an_unmatched_resource(client: TestC
     assert in_bundle.status_code == 409
     assert in_bundle.json()["issue"][0]["expression"] == ["Bundle.entry[0].request.url"]
     assert client.get("/fhir/Patient/taken").json()["gender"] == "male"
+
+
+@pytest.mark.parametrize("meta", ["x", 5, ["versionId", "1"]], ids=["string", "number", "array"])
+def test_a_meta_that_is_not_an_object_is_refused_where_it_is(client: TestClient, meta: Any) -> None:
+    """New resources are stamped (id, meta) before they are checked: a malformed meta must still come back
+    as the client's mistake, in a bundle of any size, and nothing is stored."""
+    patient = {"resourceType": "Patient", "meta": meta}
+    single = client.post("/fhir/Patient", json=patient)
+    assert single.status_code in (400, 422), single.json()
+    assert single.json()["issue"][0]["expression"][0].startswith("Patient.meta")
+    for size in (1, 70):  # inline, and through the worker pool
+        entries = [{"request": {"method": "POST", "url": "Patient"}, "resource": {"resourceType": "Patient"}}] * size
+        entries[-1] = {"request": {"method": "POST", "url": "Patient"}, "resource": patient}
+        response = client.post("/fhir", json=bundle(*entries))
+        assert response.status_code == 422, response.json()
+        assert response.json()["issue"][0]["expression"][0].startswith(f"Bundle.entry[{size - 1}].resource.meta")
+    assert client.get("/fhir/Patient", params={"_summary": "count"}).json()["total"] == 0
