@@ -32,6 +32,7 @@ written. `is_valid` only checks the UCUM syntax and atoms (`[pH]` is valid but n
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
@@ -160,6 +161,10 @@ _lock = threading.Lock()
 # code -> its conversion (None: not convertible). A plain dict, read without the lock: the ingest hot path.
 _conversions: dict[str, Conversion | None] = {}
 _MAX_CACHED = 10_000  # distinct codes remembered; a flood of made-up codes empties it rather than grow it
+# An exponent of four digits or more (`m9999`, `10*99999`): no real unit has one, and reducing it costs
+# seconds of CPU per code (huge integer powers), a cheap way for a client to stall the writer.
+_HUGE_EXPONENT = re.compile(r"(?:[*^]|(?<=[A-Za-z\]\)]))[+-]?\d{4,}")
+_ANNOTATION = re.compile(r"\{[^}]*\}")
 
 
 def _ucum() -> _Ucum:
@@ -172,7 +177,7 @@ def _ucum() -> _Ucum:
 
 
 def _convert(code: str) -> Conversion | None:
-    if not code or len(code) > 255:
+    if not code or len(code) > 255 or _HUGE_EXPONENT.search(_ANNOTATION.sub("", code)):
         return None
     ucum = _ucum()
     with _lock:  # the lark parser and pint's caches are not meant for concurrent use

@@ -124,3 +124,26 @@ def test_a_cached_conversion_costs_a_lookup_and_a_product() -> None:
         ucum.canonical(4000.0, "/mm3")
     per_call = (time.perf_counter() - started) / rounds
     assert per_call < 20e-6, f"{per_call * 1e6:.2f} us per cached canonical(): the cache is not being hit"
+
+
+@pytest.mark.parametrize("code", ["m9999", "10*99999", "kg2/m99999", "s-1000", "10^1234.g", "[IU]1000"])
+def test_huge_exponents_are_not_converted(code: str) -> None:
+    """Reducing them would cost seconds of CPU per code (a client could stall the writer with them)."""
+    assert ucum.conversion(code) is None
+    assert ucum.canonical(1, code) is None
+
+
+@pytest.mark.parametrize(
+    ("code", "canonical_code"),
+    [
+        ("10*3/uL", "m-3"),
+        ("m3", "m3"),
+        ("/100", "1"),
+        ("{copies}/mL", "m-3"),
+        ("10*12/L", "m-3"),
+        ("mg{1000}/dL", "kg.m-3"),
+    ],
+)
+def test_ordinary_exponents_factors_and_annotated_digits_still_convert(code: str, canonical_code: str) -> None:
+    found = ucum.conversion(code)
+    assert found is not None and found.canonical_code == canonical_code
