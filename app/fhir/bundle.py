@@ -21,7 +21,7 @@ from app.fhir import interactions
 from app.fhir.definitions import resource_types
 from app.fhir.errors import FhirError, Issue, bad_request, operation_outcome, precondition_failed
 from app.fhir.interactions import InteractionResult
-from app.fhir.references import ReferenceSite, find_references, rewrite_references
+from app.fhir.references import ReferenceSite, find_references, local_reference, rewrite_references
 from app.fhir.searchset import SearchContext, search_bundle
 from app.fhir.validation import check_id, validation_issues
 from app.fhir.validator_pool import INLINE, ValidatorPool
@@ -394,6 +394,8 @@ class _ReferenceResolver:
             return None
         if reference.startswith(self.base):
             reference = reference[len(self.base) :]
+            if "?" not in reference:  # an absolute reference to this server: stored relative
+                return local_reference(self.base + reference, self.base)
         if "?" not in reference or reference.startswith("#"):
             return None
         if reference not in self.cache:
@@ -490,7 +492,13 @@ def _get(tx: WriteTransaction, entry: _Entry, options: BundleOptions) -> Interac
             )
         return InteractionResult(200, tx.read(entry.resource_type, entry.res_id))
     pairs = parse_qsl(entry.query or "", keep_blank_values=True)
-    request = parse_search(entry.resource_type, pairs, default_count=options.default_count, max_count=options.max_count)
+    request = parse_search(
+        entry.resource_type,
+        pairs,
+        default_count=options.default_count,
+        max_count=options.max_count,
+        base_url=options.base_url,
+    )
     page = tx.search(request)
     return search_bundle(SearchContext(options.base_url, entry.resource_type, pairs), request, page)
 

@@ -1,4 +1,5 @@
-"""Finding and rewriting the `reference` strings inside a resource (for transaction bundles)."""
+"""Finding and rewriting the `reference` strings inside a resource (for transaction bundles), and telling
+references to this server from references to others."""
 
 from __future__ import annotations
 
@@ -43,3 +44,24 @@ def rewrite_references(sites: list[ReferenceSite], resolve: Callable[[str, str],
         replacement = resolve(holder["reference"], location)
         if replacement is not None:
             holder["reference"] = replacement
+
+
+def local_reference(reference: str, base_url: str) -> str | None:
+    """`Type/id` (or `Type/id/_history/v`) for an absolute URL on this server's FHIR base, else None.
+
+    Stored and indexed relative: an absolute reference that stays absolute points at another server, and is
+    indexed as a URL only, never as a local `Type/id` (it must not pull a resource into a local patient's
+    compartment, nor match a search for a local resource)."""
+    base = base_url.rstrip("/") + "/"
+    if not reference.startswith(base):
+        return None
+    relative = reference[len(base) :]
+    parts = relative.split("/")
+    if len(parts) in (2, 4) and parts[0][:1].isupper() and parts[1] and (len(parts) == 2 or parts[2] == "_history"):
+        return relative
+    return None
+
+
+def localize_references(resource: Any, base_url: str) -> None:
+    """Rewrite, in place, every absolute reference to this server into its relative form."""
+    rewrite_references(find_references(resource, ""), lambda reference, _: local_reference(reference, base_url))

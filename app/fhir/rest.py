@@ -18,6 +18,7 @@ from app.fhir.dates import date_range
 from app.fhir.definitions import resource_types
 from app.fhir.errors import FhirError, Issue, bad_request, not_found, not_supported, operation_outcome
 from app.fhir.interactions import InteractionResult
+from app.fhir.references import localize_references
 from app.fhir.searchset import SearchContext, history_bundle, search_bundle
 from app.fhir.validation import check_id, parse_json, require_resource_type, validate_resource
 from app.fhir.validator_pool import INLINE, ValidatorPool
@@ -99,6 +100,7 @@ class FhirService:
             lenient=lenient,
             default_count=self.limits.default_page_size,
             max_count=self.limits.max_page_size,
+            base_url=base_url,
         )
         page = self.store.search(request)
         return FhirReply(200, search_bundle(SearchContext(base_url, resource_type, params), request, page))
@@ -148,8 +150,9 @@ class FhirService:
 
     # ----------------------------------------------------------------------------------------- writes
 
-    def _body(self, raw: bytes, resource_type: str) -> dict[str, Any]:
+    def _body(self, raw: bytes, resource_type: str, base_url: str) -> dict[str, Any]:
         resource = parse_json(raw)
+        localize_references(resource, base_url)
         validate_resource(resource, expected_type=resource_type)
         assert isinstance(resource, dict)
         return resource
@@ -200,7 +203,7 @@ class FhirService:
                 "create send them in the If-None-Exist header.",
                 conditions[0],
             )
-        resource = self._body(raw, resource_type)
+        resource = self._body(raw, resource_type, base_url)
         with self.store.transaction() as tx:
             result = interactions.create(tx, resource_type, resource, if_none_exist=if_none_exist)
         return self._write_reply(result, base_url, prefer)
@@ -209,7 +212,7 @@ class FhirService:
         self, resource_type: str, res_id: str, raw: bytes, base_url: str, *, if_match: str | None, prefer: str | None
     ) -> FhirReply:
         _check_type(resource_type, res_id)
-        resource = self._body(raw, resource_type)
+        resource = self._body(raw, resource_type, base_url)
         with self.store.transaction() as tx:
             result = interactions.update(tx, resource_type, res_id, resource, if_match=_if_match(if_match))
         return self._write_reply(result, base_url, prefer)
@@ -218,7 +221,7 @@ class FhirService:
         self, resource_type: str, query: str, raw: bytes, base_url: str, *, if_match: str | None, prefer: str | None
     ) -> FhirReply:
         _check_type(resource_type)
-        resource = self._body(raw, resource_type)
+        resource = self._body(raw, resource_type, base_url)
         with self.store.transaction() as tx:
             result = interactions.conditional_update(tx, resource_type, query, resource, if_match=_if_match(if_match))
         return self._write_reply(result, base_url, prefer)

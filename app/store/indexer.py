@@ -246,9 +246,12 @@ def _reference_row(value: Any) -> Row | None:
     identifier = value.get("identifier") if isinstance(value.get("identifier"), dict) else {}
     target_type = target_id = version = url = None
     if isinstance(reference, str):
-        target_type, target_id, version = parse_reference(reference)
-        if target_id is None or "://" in reference:
+        if "://" in reference:  # another server's (writes store references to this one relative)
             url = reference
+        else:
+            target_type, target_id, version = parse_reference(reference)
+            if target_id is None:
+                url = reference
     if target_id is None and url is None and not identifier:
         return None
     return {

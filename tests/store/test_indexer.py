@@ -79,3 +79,18 @@ def test_patient_strings_and_where_filtered_telecom() -> None:
 
 def test_normalize_text() -> None:
     assert normalize_text("Émile DURAND") == "emile durand"
+
+
+def test_a_reference_to_another_server_is_a_url_not_a_local_resource() -> None:
+    """It must not put the resource in the compartment of a local patient who happens to have the same id."""
+    observation = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "x"},
+        "subject": {"reference": "https://other.example/fhir/Patient/p1"},
+    }
+    index = extract("Observation", "o1", observation)
+    assert index.patient_id is None
+    rows = [(r["param"], r["target_type"], r["target_id"], r["url"]) for r in index.rows["reference"]]
+    assert ("subject", None, None, "https://other.example/fhir/Patient/p1") in rows
+    assert all(r["patient_id"] is None for rows in index.rows.values() for r in rows)
