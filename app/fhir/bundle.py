@@ -25,7 +25,7 @@ from app.fhir.references import ReferenceSite, find_references, local_reference,
 from app.fhir.searchset import SearchContext, search_bundle
 from app.fhir.validation import check_id, validation_issues
 from app.fhir.validator_pool import INLINE, ValidatorPool
-from app.store.repository import Store, WriteTransaction, fhir_instant, new_id, parse_etag
+from app.store.repository import Store, StoredResource, WriteTransaction, fhir_instant, new_id, parse_etag
 from app.store.search import canonical_condition, parse_search
 
 log = logging.getLogger("trialbridge.bundle")
@@ -237,16 +237,16 @@ def _transaction(store: Store, raw_entries: list[Any], options: BundleOptions) -
         # New resources are stamped now, so the workers that check them (for big bundles) also extract
         # their index rows; the rest is checked as sent. Results come back in execution order.
         writing = [e for e in ordered if _writes(e)]
-        created = {
-            e.index: tx.stamp_new(e.resource_type, e.resource, e.target_id)
-            for e in writing
-            if e.method == "POST"
-            and not e.reuse_existing
-            and e.resource_type
-            and e.resource
-            and e.target_id
-            and isinstance(e.resource.get("meta", {}), dict)  # a malformed meta is checked (and refused) as sent
-        }
+        created: dict[int, StoredResource] = {}
+        for e in writing:
+            if e.method != "POST" or e.reuse_existing or not (e.resource_type and e.resource and e.target_id):
+                continue
+            if not isinstance(e.resource.get("meta", {}), dict):
+                continue  # a malformed meta is checked (and refused) as sent
+            try:
+                created[e.index] = tx.stamp_new(e.resource_type, e.resource, e.target_id)
+            except (TypeError, ValueError, AttributeError):
+                continue  # content too malformed to normalise: checked as sent, which reports why
         to_check: list[dict[str, Any]] = []
         for e in writing:
             content = created[e.index].content if e.index in created else e.resource
@@ -492,13 +492,7 @@ def _get(tx: WriteTransaction, entry: _Entry, options: BundleOptions) -> Interac
             )
         return InteractionResult(200, tx.read(entry.resource_type, entry.res_id))
     pairs = parse_qsl(entry.query or "", keep_blank_values=True)
-    request = parse_search(
-        entry.resource_type,
-        pairs,
-        default_count=options.default_count,
-        max_count=options.max_count,
-        base_url=options.base_url,
-    )
+    request = parse_search(entry.resource_type, pairs, default_count=options.default_count, max_count=options.max_count)
     page = tx.search(request)
     return search_bundle(SearchContext(options.base_url, entry.resource_type, pairs), request, page)
 

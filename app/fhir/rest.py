@@ -100,7 +100,6 @@ class FhirService:
             lenient=lenient,
             default_count=self.limits.default_page_size,
             max_count=self.limits.max_page_size,
-            base_url=base_url,
         )
         page = self.store.search(request)
         return FhirReply(200, search_bundle(SearchContext(base_url, resource_type, params), request, page))

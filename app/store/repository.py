@@ -521,6 +521,8 @@ class WriteTransaction:
         for kind, tuples in self._pending_index.items():
             insert_tuples(self.conn, INDEX_TABLES[kind], tuples)
         self._pending_index = {}
+        for key in self._pending_keys:  # a prefetched "does not exist" is stale once the create is written
+            self._prefetched.pop(key, None)
         self._pending_keys = set()
 
     # Immediate writes ---------------------------------------------------------------------------

@@ -25,7 +25,6 @@ from app.fhir import ucum
 from app.fhir.dates import date_range
 from app.fhir.definitions import SearchParameter, resource_types, search_parameters
 from app.fhir.errors import FhirError, Issue, bad_request, not_supported
-from app.fhir.references import local_reference
 from app.store.indexer import indexed_parameters, normalize_text, parse_reference
 from app.store.schema import INDEX_TABLES, Resource
 
@@ -162,14 +161,9 @@ def parse_search(
     lenient: bool = False,
     default_count: int = 50,
     max_count: int = 1000,
-    base_url: str | None = None,
 ) -> SearchRequest:
-    """The search of `params` on `resource_type`; with `base_url` (this server's FHIR base), values that are
-    absolute references to this server (`subject=http://host/fhir/Patient/1`) search as `Patient/1`."""
     request = SearchRequest(resource_type, count=default_count)
     for raw_name, raw_value in params:
-        if base_url is not None and "://" in raw_value:
-            raw_value = ",".join(local_reference(value, base_url) or value for value in raw_value.split(","))
         if raw_name.partition(":")[0] in RESULT_PARAMETERS:
             name, _, modifier = raw_name.partition(":")
             _apply_result_parameter(request, name, modifier, raw_value, max_count, f"{resource_type}?{raw_name}")
@@ -435,8 +429,14 @@ def _reference_condition(table: Any, param: SearchParameter, raw: str, modifier:
         system, _, value = raw.rpartition("|")
         condition = table.c.identifier_value == value
         return and_(table.c.identifier_system == system, condition) if system else condition
-    if "://" in raw:  # another server's resource (parse_search made references to this server relative)
-        return table.c.url == raw
+    if "://" in raw:
+        # Another server's resource is indexed by its URL only; one on this server (written relative) by type
+        # and id. Without the request's base the two cannot be told apart here, so both are matched.
+        target_type, target_id, _ = parse_reference(raw)
+        by_url = table.c.url == raw
+        if target_id is None:
+            return by_url
+        return or_(by_url, and_(table.c.target_type == target_type, table.c.target_id == target_id))
     target_type, target_id, _ = parse_reference(raw)
     if target_id is None:  # a bare id
         condition = table.c.target_id == raw

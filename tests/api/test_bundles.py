@@ -213,3 +213,58 @@ def test_bundle_shape_errors(client: TestClient) -> None:
     )
     assert twice.status_code == 400
     assert count(client, "Patient") == 0
+
+
+def test_a_conditional_put_after_hundreds_of_creates_updates_the_resource_created_in_the_bundle(
+    client: TestClient,
+) -> None:
+    """Creates are written every few hundred resources: an identity decided before that (a conditional PUT
+    resolving to a conditional create of the same bundle) must still find the resource, not create it twice."""
+    condition = "identifier=https://hospital.example/mrn|flush-1"
+    first = {
+        "request": {"method": "POST", "url": "Patient", "ifNoneExist": condition},
+        "resource": {
+            "resourceType": "Patient",
+            "identifier": [{"system": "https://hospital.example/mrn", "value": "flush-1"}],
+        },
+    }
+    filler = [{"request": {"method": "POST", "url": "Patient"}, "resource": {"resourceType": "Patient"}}] * 450
+    last = {
+        "request": {"method": "PUT", "url": f"Patient?{condition}"},
+        "resource": {
+            "resourceType": "Patient",
+            "identifier": [{"system": "https://hospital.example/mrn", "value": "flush-1"}],
+            "gender": "female",
+        },
+    }
+    response = client.post(
+        "/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [first, *filler, last]}
+    )
+    assert response.status_code == 200, response.json()
+    entries = response.json()["entry"]
+    assert entries[0]["response"]["status"].startswith("201")
+    assert entries[-1]["response"]["etag"] == 'W/"2"'
+    assert (
+        entries[-1]["response"]["location"].split("/_history")[0]
+        == entries[0]["response"]["location"].split("/_history")[0]
+    )
+    found = client.get("/fhir/Patient", params={"identifier": "https://hospital.example/mrn|flush-1"}).json()
+    assert found["total"] == 1 and found["entry"][0]["resource"]["gender"] == "female"
+
+
+def test_an_unnormalisable_coding_in_a_bundle_is_the_clients_mistake(client: TestClient) -> None:
+    """Terminology normalisation runs before the checks on new resources; a coding too malformed for it must
+    still come back as a 422 pointing at it, not a 500."""
+    observation = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {
+            "coding": [{"system": "urn:oid:2.999.1.1.1", "code": "TREG-CD4-PCT"}, {"system": {"x": 1}, "code": "y"}]
+        },
+    }
+    for size in (1, 70):
+        entries = [{"request": {"method": "POST", "url": "Observation"}, "resource": observation}] * size
+        response = client.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+        assert response.status_code == 422, response.json()
+        assert response.json()["issue"][0]["expression"][0].startswith("Bundle.entry[0].resource.code.coding[1].system")
+    assert client.get("/fhir/Observation", params={"_summary": "count"}).json()["total"] == 0
