@@ -49,6 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python b
 from app.eligibility.criteria import Eligibility
 from app.eligibility.reference import evaluate_patient
 from app.eligibility.sql import POPULATION_SETTINGS, screen
+from app.fhir.systems import ATC, ICD10, INTERPRETATION, LOCAL_LAB, LOINC, MEASURE, SNOMED, UCUM
+from app.fhir.systems import CONDITION_CLINICAL as CLINICAL
+from app.fhir.systems import CONDITION_VERIFICATION as VERIFICATION
 from app.fhir.ucum import RELATIVE_TOLERANCE, canonical, warm_up
 from app.mapping.study_spec import load_studies
 from app.store import indexer
@@ -63,16 +66,6 @@ NOW = "2026-11-01T00:00:00Z"
 _NOW = datetime(2026, 11, 1, tzinfo=UTC)
 resource_table = Resource.__table__  # type: ignore[attr-defined]
 
-SNOMED = "http://snomed.info/sct"
-ICD10 = "http://hl7.org/fhir/sid/icd-10"
-LOINC = "http://loinc.org"
-ATC = "http://www.whocc.no/atc"
-UCUM = "http://unitsofmeasure.org"
-MEASURE = "https://trialbridge.dev/fhir/CodeSystem/measure"
-LOCAL_LAB = "https://trialbridge.dev/fhir/CodeSystem/local-lab"
-INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
-CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
-VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 
 # ------------------------------------------------------------------------------------------ the population
 

@@ -12,17 +12,19 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.fhir import systems
+
 # Short names for the code systems specs use; a full URL is accepted too.
 SYSTEMS = {
-    "snomed": "http://snomed.info/sct",
-    "icd10": "http://hl7.org/fhir/sid/icd-10",
-    "icd10cm": "http://hl7.org/fhir/sid/icd-10-cm",
-    "loinc": "http://loinc.org",
-    "atc": "http://www.whocc.no/atc",
-    "rxnorm": "http://www.nlm.nih.gov/research/umls/rxnorm",
-    "measure": "https://trialbridge.dev/fhir/CodeSystem/measure",
-    "meddra": "https://www.meddra.org",
-    "local-lab": "https://trialbridge.dev/fhir/CodeSystem/local-lab",
+    "snomed": systems.SNOMED,
+    "icd10": systems.ICD10,
+    "icd10cm": systems.ICD10_CM,
+    "loinc": systems.LOINC,
+    "atc": systems.ATC,
+    "rxnorm": systems.RXNORM,
+    "measure": systems.MEASURE,
+    "meddra": systems.MEDDRA,
+    "local-lab": systems.LOCAL_LAB,
 }
 _CODE = re.compile(r"^(?P<system>[A-Za-z0-9-]+|https?://[^|\s]+)\|(?P<code>[^|\s]+)$")
 

@@ -27,6 +27,7 @@ from app.eligibility.dates import (
     written_date,
 )
 from app.eligibility.outcome import CriterionResult, Evidence, PatientResult, outcome_of, status_of
+from app.fhir.systems import INTERPRETATION as INTERPRETATION_SYSTEM
 from app.fhir.ucum import RELATIVE_TOLERANCE, UCUM_SYSTEM, conversion
 
 Truth = bool | None  # None: unknown
@@ -34,7 +35,6 @@ Truth = bool | None  # None: unknown
 SNOMED = c.SYSTEMS["snomed"]
 ICD10_SYSTEMS = (c.SYSTEMS["icd10"], c.SYSTEMS["icd10cm"])
 LOINC = c.SYSTEMS["loinc"]
-INTERPRETATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 _SHORT = {url: short for short, url in c.SYSTEMS.items()}
 
 # The elements holding a resource's date, in order of preference, and their FHIR types: what the date search

@@ -392,10 +392,11 @@ class _ReferenceResolver:
                 )
             )
             return None
+        local = local_reference(reference, self.base)
+        if local is not None:  # an absolute reference to this server: stored relative
+            return local
         if reference.startswith(self.base):
             reference = reference[len(self.base) :]
-            if "?" not in reference:  # an absolute reference to this server: stored relative
-                return local_reference(self.base + reference, self.base)
         if "?" not in reference or reference.startswith("#"):
             return None
         if reference not in self.cache:

@@ -56,6 +56,8 @@ def local_reference(reference: str, base_url: str) -> str | None:
     if not reference.startswith(base):
         return None
     relative = reference[len(base) :]
+    if "?" in relative or "#" in relative:  # a conditional reference or a fragment: not a plain Type/id
+        return None
     parts = relative.split("/")
     if len(parts) in (2, 4) and parts[0][:1].isupper() and parts[1] and (len(parts) == 2 or parts[2] == "_history"):
         return relative

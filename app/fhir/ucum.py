@@ -39,7 +39,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-UCUM_SYSTEM = "http://unitsofmeasure.org"
+from app.fhir.systems import UCUM as UCUM_SYSTEM
+
 # Canonical values closer than this (relatively) are one quantity reached by two routes of floating point.
 RELATIVE_TOLERANCE = 1e-12
 

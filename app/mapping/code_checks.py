@@ -6,12 +6,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
+from app.fhir.systems import ATC, LOINC, MEDDRA, SNOMED
+
 ICD10 = "http://hl7.org/fhir/sid/icd-10"
 ICD10_CM = "http://hl7.org/fhir/sid/icd-10-cm"
-ATC = "http://www.whocc.no/atc"
-MEDDRA = "https://www.meddra.org"
 NCIT = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
 
 _LOINC = re.compile(r"(\d{1,7})-(\d)")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from app.fhir.errors import FhirError, Issue, unprocessable
+from app.fhir.systems import LOINC, UCUM
 from app.mapping.concept_maps import (
     ConceptMapIndex,
     Translation,
@@ -27,8 +28,6 @@ NCT_SYSTEM = "http://clinicaltrials.gov"
 SECONDARY_ID_SYSTEMS = {"EUDRACT_NUMBER": "https://www.clinicaltrialsregister.eu"}
 
 OBJECTIVE_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/research-study-objective-type"
-UCUM = "http://unitsofmeasure.org"
-LOINC = "http://loinc.org"
 GENDER_SYSTEM = "http://hl7.org/fhir/administrative-gender"
 
 INEXACT_TRANSLATION_URL = "https://trialbridge.dev/fhir/StructureDefinition/inexact-translation"

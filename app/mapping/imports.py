@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from app.fhir import bundle, ucum
 from app.fhir.dates import date_range
 from app.fhir.errors import FhirError, Issue
+from app.fhir.systems import LOCAL_LAB
 from app.fhir.validation import validation_issues
 from app.fhir.validator_pool import INLINE, ValidatorPool
 from app.mapping import study_time
@@ -45,7 +46,6 @@ MAX_REPORTED_ISSUES = 100
 UCUM = ucum.UCUM_SYSTEM
 SID = "https://trialbridge.dev/fhir/sid"
 EXTENSION = "https://trialbridge.dev/fhir/StructureDefinition"
-LOCAL_LAB = "https://trialbridge.dev/fhir/CodeSystem/local-lab"
 REPORTED_QUANTITY_URL = f"{EXTENSION}/reported-quantity"
 RANDOMISATION_DATE_URL = f"{EXTENSION}/randomisation-date"
 STRATUM_URL = f"{EXTENSION}/stratum"

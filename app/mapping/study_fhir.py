@@ -13,6 +13,7 @@ from typing import Any
 from app.eligibility.criteria import CodeRef, Criterion, Expression, Window
 from app.fhir import bundle
 from app.fhir.errors import FhirError
+from app.fhir.systems import LOINC, SNOMED
 from app.fhir.ucum import UCUM_SYSTEM
 from app.mapping.study_spec import StudyRegistry, StudySpec
 from app.mapping.study_time import visit_system
@@ -24,8 +25,6 @@ NCT_SYSTEM = "http://clinicaltrials.gov"
 EUDRACT_SYSTEM = "https://www.clinicaltrialsregister.eu"
 CRITERION_KIND_SYSTEM = f"{TB}/CodeSystem/criterion-kind"
 CRITERIA_LANGUAGE = "application/x-trialbridge-criteria+json"
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
 
 ARM_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/research-study-arm-type"
 PHASE_SYSTEM = "http://terminology.hl7.org/CodeSystem/research-study-phase"

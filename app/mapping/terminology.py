@@ -11,11 +11,11 @@ from typing import Any
 
 from app.fhir import bundle, ucum
 from app.fhir.errors import FhirError
+from app.fhir.systems import MEASURE as MEASURE_SYSTEM
 from app.fhir.validation import parse_json, validate_resource
 from app.mapping.concept_maps import ConceptMapIndex
 from app.store.repository import Store
 
-MEASURE_SYSTEM = "https://trialbridge.dev/fhir/CodeSystem/measure"
 TERMINOLOGY_TYPES = ("CodeSystem", "ConceptMap")
 # Where codings are normalised: the codes searches and eligibility look at. Kept to Observation because
 # `normalize` runs on every write, and only Observation codes have aliases today.

@@ -16,6 +16,18 @@ from datetime import date, timedelta
 from typing import Any
 
 from app.fhir.errors import FhirError
+from app.fhir.systems import (
+    ATC,
+    CONDITION_CLINICAL,
+    CONDITION_VERIFICATION,
+    ICD10,
+    ICD10_CM,
+    INTERPRETATION,
+    LOINC,
+    MEASURE,
+    SNOMED,
+    UCUM,
+)
 from app.fhir.validation import validate_resource
 from app.synthetic.common import birth_date_for_age, clamp, local_datetime, site_patient_ids
 
@@ -24,19 +36,9 @@ SITE = "APHP-HMN"
 BASE_URL = "http://127.0.0.1:8000/fhir"
 OTHER_STUDY = "hosp-other-study-1"
 
-SNOMED = "http://snomed.info/sct"
-ICD10 = "http://hl7.org/fhir/sid/icd-10"
-ICD10_CM = "http://hl7.org/fhir/sid/icd-10-cm"
-LOINC = "http://loinc.org"
-ATC = "http://www.whocc.no/atc"
-UCUM = "http://unitsofmeasure.org"
-MEASURE = "https://trialbridge.dev/fhir/CodeSystem/measure"
 SITE_PATIENT = f"https://trialbridge.dev/fhir/sid/site/{SITE}/patient"
-CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
-CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
-INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 
 ELIGIBLE, INELIGIBLE, UNKNOWN = "eligible", "ineligible", "unknown"
 
