@@ -1,16 +1,17 @@
-"""Set-based eligibility: a study's criteria compiled to one SQL statement over the index tables.
+"""Set-based eligibility: a study's criteria compiled to one SQL statement over the eligibility facts.
 
 The statement decides every criterion for the whole Patient population at once (or a list of patients)
 and must agree, outcome for outcome, with the reference evaluator (`app.eligibility.reference`), which
-is the spec together with mappings/README.md ("Three-valued semantics"). It reads only index rows
-(idx_token, idx_date, idx_quantity, idx_reference, each carrying `patient_id`), never resource JSON.
+is the spec together with mappings/README.md ("Three-valued semantics"). It reads the `clinical_fact` rows
+(`app.eligibility.facts`: per clinical resource and coding, its patient, status, date span, value and
+positivity in one row) and, for age, sex and other studies, the index rows of Patients and
+ResearchSubjects; never resource JSON.
 
 Shape (SQLAlchemy Core, so one compiler serves SQLite and PostgreSQL; every value is a bound parameter):
 
-- per resource type, one candidate CTE for all the leaves reading that type (`observations`, `readings`
-  for positive/negative results, `conditions`, `medications`): a row per (leaf, resource) from the `code`
-  index rows of each leaf's codes, joined once with the status, date and value index rows the rules
-  read. Reading each index range once whatever the number of leaves is what keeps a population cheap;
+- per resource type, one candidate CTE for all the leaves reading that type (`observation_values`,
+  `readings` for positive/negative results, `conditions`, `medications`): a row per (leaf, fact) from a
+  range scan of the facts' code index per leaf, filtered on the row's own status and date: no joins;
 - each leaf's candidates get a score: 2 true, 1 unknown, 0 false. Kleene's "any" is the maximum on
   false < unknown < true, so a leaf's rules become a per-candidate score and a MAX per patient; `which:
   latest` keeps each patient's latest usable candidate (ROW_NUMBER()); one scoring pass per type covers
@@ -51,7 +52,6 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
-    exists,
     false,
     func,
     literal,
@@ -69,7 +69,7 @@ from app.eligibility.outcome import Status
 from app.eligibility.population import OUTCOME_CODES, STATUSES, Screening, read_screening
 from app.fhir.definitions import element_defs, value_set_codes
 from app.fhir.ucum import RELATIVE_TOLERANCE, conversion
-from app.store.schema import Resource, idx_date, idx_quantity, idx_reference, idx_token
+from app.store.schema import Resource, clinical_fact, idx_date, idx_reference, idx_token
 
 resource_table = Resource.__table__  # type: ignore[attr-defined]
 
@@ -308,73 +308,71 @@ class ScreeningCompiler:
 
     # ------------------------------------------------------------------------------------------ shared sources
 
-    def _coded(
+    def _facts(
         self,
         resource_type: str,
         uses: Sequence[tuple[int, Callable[[Any], ColumnElement[bool]], Callable[[Any], ColumnElement[bool]] | None]],
         name: str,
+        columns: Sequence[str] = (),
     ) -> CTE:
-        """(leaf, patient_id, res_id) for every resource of the type with a `code` token row matching a leaf's
-        codes and none matching its exceptions; one index range scan per leaf, a resource coded twice for a
-        leaf (local and standard coding) appears twice."""
+        """(leaf, patient_id, status, lo, hi, *columns) of the fact rows of every leaf reading the type (`leaf`:
+        its number): rows whose coding matches the leaf's codes, of resources with no coding matching its
+        exceptions; one range scan of the code index per leaf. A resource coded twice for a leaf (local and
+        standard coding) gives two rows with the same values: every score below is a maximum or keeps one
+        row, so that is harmless."""
         selects = []
         for leaf, match, excluded in uses:
-            token = idx_token.alias("code")
-            query = self.scoped(token, resource_type, "code").where(match(token))
+            fact = clinical_fact.alias("fact")
+            query = select(
+                literal(leaf).label("leaf"),
+                *(fact.c[column] for column in ("patient_id", "status", "lo", "hi", *columns)),
+            ).where(fact.c.res_type == resource_type, self.patients(fact.c.patient_id), match(fact))
             if excluded is not None:
-                exception = idx_token.alias("exception")
-                exceptions = self.scoped(exception, resource_type, "code").where(excluded(exception))
-                query = query.where(token.c.res_id.not_in(exceptions.add_columns(exception.c.res_id)))
-            selects.append(query.add_columns(literal(leaf).label("leaf"), token.c.patient_id, token.c.res_id))
+                exception = clinical_fact.alias("exception")
+                query = query.where(
+                    fact.c.res_id.not_in(
+                        select(exception.c.res_id).where(
+                            exception.c.res_type == resource_type,
+                            self.patients(exception.c.patient_id),
+                            excluded(exception),
+                        )
+                    )
+                )
+            selects.append(query)
         return (union_all(*selects) if len(selects) > 1 else selects[0]).cte(name)
 
-    def _observation_values(self, uses: Sequence[tuple[int, Callable[[Any], ColumnElement[bool]]]]) -> CTE:
-        """The candidates of every observation leaf, threshold and positive-mode (`leaf`: its number; a
-        pregnancy's hCG: -1 - its number): Observations with a status that counts, not future-dated, with
-        their date span (lo: first instant, hi: last) and value-quantity (q_value, q_system, q_code, and
-        canonical: q_canonical_value, q_canonical_code). One CTE for all of them: each Observation's status,
-        date and value rows are joined once, however many leaves read it."""
-        coded = self._coded("Observation", [(leaf, match, None) for leaf, match in uses], "observation_codes")
-        dated = idx_date.alias("odate")
-        q = idx_quantity.alias("oq")
-        bad = idx_token.alias("ostatus")
-        lo = func.min(dated.c.low)
-        names = ("value", "system", "code", "canonical_value", "canonical_code")
-        query = (
+    @staticmethod
+    def _status_counts(status: Any, resource_type: str, counting: frozenset[str]) -> ColumnElement[bool]:
+        """The resource's status counts: none recorded, or none outside `counting` of its required value set."""
+        return or_(status.is_(None), status.not_in(_complement(resource_type, counting)))
+
+    def _observation_values(self, uses: Sequence[tuple[int, Callable[[Any], ColumnElement[bool]]]], name: str) -> CTE:
+        """The candidates of observation leaves (`leaf`: its number; a pregnancy's hCG: -1 - its number):
+        Observations with a status that counts, not future-dated, with their date span (lo: first instant, hi:
+        last), value-quantity (q_value, q_system, q_code, and canonical: q_canonical_value, q_canonical_code)
+        and positivity (1 positive, 0 negative, NULL not readable). Threshold leaves and positive-mode leaves
+        (with the hCG readings) get one CTE each: one shared CTE would be materialised, wide rows and all."""
+        coded = self._facts(
+            "Observation",
+            [(leaf, match, None) for leaf, match in uses],
+            f"{name}_facts",
+            ("value", "unit_system", "unit_code", "canonical_value", "canonical_code", "positive"),
+        )
+        return (
             select(
-                coded.c.leaf,
-                coded.c.patient_id,
-                coded.c.res_id,
-                lo.label("lo"),
-                func.max(func.coalesce(dated.c.high, dated.c.low)).label("hi"),
-                *(func.max(q.c[name]).label(f"q_{name}") for name in names),
-            )
-            .select_from(
-                coded.outerjoin(
-                    dated,
-                    and_(
-                        self._rows(dated, "Observation", "date"),
-                        dated.c.res_id == coded.c.res_id,
-                        dated.c.low.is_not(None),
-                    ),
-                ).outerjoin(q, and_(self._rows(q, "Observation", "value-quantity"), q.c.res_id == coded.c.res_id))
+                *(coded.c[column] for column in ("leaf", "patient_id", "lo", "hi", "positive")),
+                coded.c.value.label("q_value"),
+                coded.c.unit_system.label("q_system"),
+                coded.c.unit_code.label("q_code"),
+                coded.c.canonical_value.label("q_canonical_value"),
+                coded.c.canonical_code.label("q_canonical_code"),
             )
             .where(
-                coded.c.res_id.not_in(
-                    self.scoped(bad, "Observation", "status")
-                    .where(bad.c.code.in_(_complement("Observation", ref.OBSERVATION_STATUSES)))
-                    .add_columns(bad.c.res_id)
-                )
+                self._status_counts(coded.c.status, "Observation", ref.OBSERVATION_STATUSES),
+                or_(coded.c.lo.is_(None), coded.c.lo < self.next_day),
             )
-            .group_by(coded.c.leaf, coded.c.patient_id, coded.c.res_id)
-            .having(or_(lo.is_(None), lo < self.next_day))
+            .cte(name)
         )
-        return query.cte("observation_values")
-
-    @staticmethod
-    def _of_leaves(values: CTE, leaves: Sequence[int], name: str) -> CTE:
-        """The rows of `values` that belong to these leaves."""
-        return select(values).where(values.c.leaf.in_(list(leaves))).cte(name)
 
     def _conditions(
         self,
@@ -383,164 +381,56 @@ class ScreeningCompiler:
         """The candidates of every condition leaf (`leaf`: its number; a pregnancy's: -1 - its number): Conditions
         not refuted or entered-in-error, not future-dated, with their date span (onset-date, else recorded-date)
         and clinical status (has_clinical: any coded clinicalStatus; active: one of active/recurrence/relapse)."""
-        coded = self._coded("Condition", uses, "condition_codes")
-        status = idx_token.alias("cstatus")
-        dated = idx_date.alias("cdate")
-        void = idx_token.alias("cvoid")
-        clinical = status.c.code
-        onset, recorded = dated.c.param == "onset-date", dated.c.param == "recorded-date"
-        onset_lo = func.min(case((onset, dated.c.low)))
-        lo = func.coalesce(onset_lo, func.min(case((recorded, dated.c.low))))
-        hi = case(
-            (onset_lo.is_not(None), func.max(case((onset, func.coalesce(dated.c.high, dated.c.low))))),
-            else_=func.max(case((recorded, func.coalesce(dated.c.high, dated.c.low)))),
-        )
-        query = (
+        coded = self._facts("Condition", uses, "condition_facts", ("clinical_status",))
+        clinical = coded.c.clinical_status
+        return (
             select(
                 coded.c.leaf,
                 coded.c.patient_id,
-                coded.c.res_id,
-                lo.label("lo"),
-                hi.label("hi"),
-                func.max(case((clinical.is_not(None), 1), else_=0)).label("has_clinical"),
-                func.max(case((clinical.in_(sorted(ref.ACTIVE_CLINICAL)), 1), else_=0)).label("active"),
-            )
-            .select_from(
-                coded.outerjoin(
-                    status,
-                    and_(self._rows(status, "Condition", "clinical-status"), status.c.res_id == coded.c.res_id),
-                ).outerjoin(
-                    dated,
-                    and_(
-                        self._rows(dated, "Condition", ("onset-date", "recorded-date")),
-                        dated.c.res_id == coded.c.res_id,
-                        dated.c.low.is_not(None),
-                    ),
-                )
+                coded.c.lo,
+                coded.c.hi,
+                case((clinical.is_not(None), 1), else_=0).label("has_clinical"),
+                case((clinical.in_(sorted(ref.ACTIVE_CLINICAL)), 1), else_=0).label("active"),
             )
             .where(
-                coded.c.res_id.not_in(
-                    self.scoped(void, "Condition", "verification-status")
-                    .where(void.c.code.in_(sorted(ref.VOID_VERIFICATION)))
-                    .add_columns(void.c.res_id)
-                )
+                or_(coded.c.status.is_(None), coded.c.status.not_in(sorted(ref.VOID_VERIFICATION))),
+                or_(coded.c.lo.is_(None), coded.c.lo < self.next_day),
             )
-            .group_by(coded.c.leaf, coded.c.patient_id, coded.c.res_id)
-            .having(or_(lo.is_(None), lo < self.next_day))
+            .cte("conditions")
         )
-        return query.cte("conditions")
 
     def _medications(self, uses: Sequence[tuple[int, Sequence[c.CodeRef]]]) -> CTE:
         """The uses of every medication leaf's codes (MedicationStatement, MedicationRequest,
         MedicationAdministration) with a status that counts: leaf, patient_id, lo (start instant, NULL: none),
         hi (end instant, NULL: no end), ongoing (1: its status makes an open end ongoing)."""
         kinds = (
-            ("MedicationStatement", None, ref.STATEMENT_NOT_TAKEN, ref.STATEMENT_ONGOING, ("effective",)),
-            ("MedicationRequest", ref.REQUEST_STATUSES, None, ref.REQUEST_ONGOING, ("validity", "authoredon")),
-            (
-                "MedicationAdministration",
-                ref.ADMINISTRATION_STATUSES,
-                None,
-                ref.ADMINISTRATION_ONGOING,
-                ("effective-time",),
-            ),
+            ("MedicationStatement", None, ref.STATEMENT_NOT_TAKEN, ref.STATEMENT_ONGOING),
+            ("MedicationRequest", ref.REQUEST_STATUSES, None, ref.REQUEST_ONGOING),
+            ("MedicationAdministration", ref.ADMINISTRATION_STATUSES, None, ref.ADMINISTRATION_ONGOING),
         )
         selects = []
-        for resource_type, counting, excluded, ongoing, params in kinds:
+        for resource_type, counting, excluded, ongoing in kinds:
             short = resource_type.removeprefix("Medication").lower()
-            coded = self._coded(
-                resource_type,
-                [(leaf, self._matcher(codes), None) for leaf, codes in uses],
-                f"{short}_codes",
+            coded = self._facts(
+                resource_type, [(leaf, self._matcher(codes), None) for leaf, codes in uses], f"{short}_facts"
             )
-            status = idx_token.alias("mstatus")
-            dated = idx_date.alias("mdate")
-            lo: ColumnElement[Any] = func.max(dated.c.low)
-            hi: ColumnElement[Any] = func.max(dated.c.high)
-            if len(params) > 1:  # MedicationRequest: its validityPeriod when there is one, else authoredOn
-                first = dated.c.param == params[0]
-                present = func.max(case((first, 1), else_=0)) == 1
-                lo = case((present, func.max(case((first, dated.c.low)))), else_=func.max(case((~first, dated.c.low))))
-                hi = case(
-                    (present, func.max(case((first, dated.c.high)))), else_=func.max(case((~first, dated.c.high)))
-                )
+            status = coded.c.status
+            counts: ColumnElement[bool]
             if counting is not None:
-                counts = func.max(case((status.c.code.in_(sorted(counting)), 1), else_=0)) == 1
+                counts = status.in_(sorted(counting))
             else:
                 assert excluded is not None
-                counts = func.max(case((status.c.code.in_(sorted(excluded)), 1), else_=0)) == 0
+                counts = or_(status.is_(None), status.not_in(sorted(excluded)))
             selects.append(
                 select(
                     coded.c.leaf,
                     coded.c.patient_id,
-                    lo.label("lo"),
-                    hi.label("hi"),
-                    func.max(case((status.c.code.in_(sorted(ongoing)), 1), else_=0)).label("ongoing"),
-                )
-                .select_from(
-                    coded.outerjoin(
-                        status, and_(self._rows(status, resource_type, "status"), status.c.res_id == coded.c.res_id)
-                    ).outerjoin(dated, and_(self._rows(dated, resource_type, params), dated.c.res_id == coded.c.res_id))
-                )
-                .group_by(coded.c.leaf, coded.c.patient_id, coded.c.res_id)
-                .having(counts)
+                    coded.c.lo,
+                    coded.c.hi,
+                    case((status.in_(sorted(ongoing)), 1), else_=0).label("ongoing"),
+                ).where(counts)
             )
         return union_all(*selects).cte("medications")
-
-    # ------------------------------------------------------------------------------------------ positivity
-
-    def _positivity(self, rows: CTE) -> ColumnElement[Any]:
-        """`reference.positivity` over rows with res_id and the value-quantity row's columns (q_*):
-        1 positive, 0 negative, NULL when it cannot be read."""
-        interpretation = idx_token.alias("interp")
-        coded = idx_token.alias("coded")
-        high = idx_quantity.alias("high")
-
-        def having(table: Any, param: str, *conditions: ColumnElement[bool]) -> ColumnElement[bool]:
-            """The candidate has such an index row: a hashed set of all of them for a population, a look-up
-            per candidate for a few patients."""
-            if self.restrict:
-                return exists().where(
-                    self._rows(table, "Observation", param), table.c.res_id == rows.c.res_id, *conditions
-                )
-            return rows.c.res_id.in_(select(table.c.res_id).where(self._rows(table, "Observation", param), *conditions))
-
-        def interpreted(codes: frozenset[str]) -> ColumnElement[bool]:
-            return having(
-                interpretation,
-                "interpretation",
-                or_(interpretation.c.system.is_(None), interpretation.c.system == ref.INTERPRETATION_SYSTEM),
-                interpretation.c.code.in_(sorted(codes)),
-            )
-
-        def valued(code: str) -> ColumnElement[bool]:
-            return having(coded, "value-concept", coded.c.system == ref.SNOMED, coded.c.code == code)
-
-        # A reference high is comparable when it is a bare number (the value's unit), has the value's system
-        # and code, or converts to the same canonical unit; positive only above every comparable high.
-        bare = and_(high.c.code.is_(None), high.c.unit.is_(None))
-        same = and_(rows.c.q_system.is_not_distinct_from(high.c.system), rows.c.q_code == high.c.code)
-        as_written = or_(bare, same)
-        canonical = and_(rows.c.q_canonical_code.is_not(None), rows.c.q_canonical_code == high.c.canonical_code)
-        highs = and_(
-            self._rows(high, "Observation", "reference-high"),
-            high.c.res_id == rows.c.res_id,
-            rows.c.q_value.is_not(None),
-            or_(as_written, canonical),
-        )
-        not_above = case(
-            (as_written, ~_compare(rows.c.q_value, ">", high.c.value)),
-            else_=~_compare(rows.c.q_canonical_value, ">", high.c.canonical_value),
-        )
-        return case(
-            (interpreted(ref.POSITIVE_INTERPRETATIONS), 1),
-            (interpreted(ref.NEGATIVE_INTERPRETATIONS), 0),
-            (valued(ref.POSITIVE_VALUE), 1),
-            (valued(ref.NEGATIVE_VALUE), 0),
-            (exists().where(highs, not_above), 0),
-            (exists().where(highs), 1),
-            else_=null(),
-        )
 
     # ------------------------------------------------------------------------------------------ second pass
 
@@ -558,20 +448,17 @@ class ScreeningCompiler:
         conditions = by_kind.get("condition", [])
         medications = by_kind.get("medication", [])
         sources: list[Select[Any]] = []
-        observation_uses = [(spec.number, self._matcher(spec.node.codes)) for spec in thresholds + positives]
-        observation_uses += [(-1 - spec.number, self._hcg_code) for spec in pregnancies]
-        values = self._observation_values(observation_uses) if observation_uses else None
         if thresholds:
-            assert values is not None
-            rows = self._of_leaves(values, [spec.number for spec in thresholds], "observations")
+            rows = self._observation_values(
+                [(spec.number, self._matcher(spec.node.codes)) for spec in thresholds], "observations"
+            )
             judged = {spec.number: self._threshold(spec.node, rows) for spec in thresholds}
             sources.append(self._observation_scores(thresholds, rows, judged, "threshold"))
         readings = None
         if positives or pregnancies:
-            assert values is not None
-            readings = self._readings(
-                values, [spec.number for spec in positives] + [-1 - spec.number for spec in pregnancies]
-            )
+            reading_uses = [(spec.number, self._matcher(spec.node.codes)) for spec in positives]
+            reading_uses += [(-1 - spec.number, self._hcg_code) for spec in pregnancies]
+            readings = self._observation_values(reading_uses, "readings")
             if positives:
                 judged = {}
                 for spec in positives:
@@ -659,14 +546,6 @@ class ScreeningCompiler:
         return case(*((leaf == number, value) for number, value in values.items()), else_=else_)
 
     # ------------------------------------------------------------------------------------------ leaves
-
-    def _readings(self, values: CTE, leaves: Sequence[int]) -> CTE:
-        """Candidates of the positive-mode leaves and of the pregnancies' hCG (leaf -1 - n), read as positive
-        (1), negative (0) or not readable (NULL), with their date span."""
-        raw = self._of_leaves(values, leaves, "reading_values")
-        return select(raw.c.leaf, raw.c.patient_id, raw.c.lo, raw.c.hi, self._positivity(raw).label("positive")).cte(
-            "readings"
-        )
 
     def _observation_scores(
         self,

@@ -15,6 +15,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
+from app.eligibility.facts import clinical_facts
 from app.fhir.dates import date_range
 from app.fhir.definitions import SearchParameter, SearchPath, patient_compartment, search_parameters
 from app.fhir.ucum import UCUM_SYSTEM
@@ -375,13 +376,18 @@ def _composite_rows(resource: dict[str, Any], composite: _Composite) -> list[Row
     return rows
 
 
-def extract(resource_type: str, res_id: str, resource: dict[str, Any]) -> IndexRows:
-    """Every index row for one resource, plus the id of the patient whose compartment holds it."""
+def extract(
+    resource_type: str, res_id: str, resource: dict[str, Any], *, only: frozenset[str] | None = None
+) -> IndexRows:
+    """Every index row for one resource (of the parameters `only`, when given), the eligibility facts derived
+    from them (under "fact"), plus the id of the patient whose compartment holds it."""
     plan = _plan(resource_type)
     rows: dict[str, list[Row]] = {}
     patient_id = res_id if resource_type == "Patient" else None
     for key, first in resource.items():
         for code, kind, path in plan.by_first_key.get(key, ()):
+            if only is not None and code not in only and code not in plan.compartment:
+                continue
             for value in _elements(first, path):
                 for row in _rows_for(kind, value, path):
                     row["param"] = code + row.pop("param_suffix", "")
@@ -393,7 +399,7 @@ def extract(resource_type: str, res_id: str, resource: dict[str, Any]) -> IndexR
                         and row["target_type"] == "Patient"
                     ):
                         patient_id = row["target_id"]
-    if plan.composites:
+    if plan.composites and only is None:
         composite_rows = [
             row
             for composite in plan.composites
@@ -407,4 +413,7 @@ def extract(resource_type: str, res_id: str, resource: dict[str, Any]) -> IndexR
             row["res_type"] = resource_type
             row["res_id"] = res_id
             row["patient_id"] = patient_id
+    facts = clinical_facts(resource_type, rows)
+    if facts:
+        rows["fact"] = facts
     return IndexRows(rows, patient_id)

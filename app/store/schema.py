@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Float, Index, String, Table, Text
+from sqlalchemy import JSON, Column, DateTime, Float, Index, SmallInteger, String, Table, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -132,6 +132,35 @@ idx_composite = _index_table(
     lookup=("c1_code", "c2_code"),
 )
 
+# Eligibility facts (app/eligibility/facts.py): per clinical resource (Observation, Condition, medication
+# statements, requests, administrations) and coding of its `code`, what a screening reads, in one row, so a
+# population screening scans rows by code and groups them by patient without joining index tables.
+clinical_fact = Table(
+    "clinical_fact",
+    metadata,
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("patient_id", String(64), nullable=True),
+    Column("system", String(255), nullable=True),
+    Column("code", String(255), nullable=True),
+    # Observation / medication status; Condition verification status (a void one when any coding is void)
+    Column("status", String(64), nullable=True),
+    Column("clinical_status", String(64), nullable=True),  # Condition: an active code when any coding is active
+    Column("lo", DateTime(timezone=True), nullable=True),  # the date span the screening reads (UTC instants)
+    Column("hi", DateTime(timezone=True), nullable=True),
+    Column("value", Float, nullable=True),  # Observation.valueQuantity as written and in UCUM base units
+    Column("unit_system", String(255), nullable=True),
+    Column("unit_code", String(255), nullable=True),
+    Column("canonical_value", Float, nullable=True),
+    Column("canonical_code", String(255), nullable=True),
+    Column("positive", SmallInteger, nullable=True),  # Observation: 1 positive, 0 negative, NULL unreadable
+    Index("ix_clinical_fact_resource", "res_type", "res_id"),
+    Index("ix_clinical_fact_code", "res_type", "code", "system"),
+    Index("ix_clinical_fact_patient", "patient_id", "res_type"),
+)
+
+# Tables of rows derived from each resource at write time and replaced with it (keyed by parameter type,
+# and "fact" for the eligibility facts).
 INDEX_TABLES: dict[str, Table] = {
     "token": idx_token,
     "string": idx_string,
@@ -141,6 +170,7 @@ INDEX_TABLES: dict[str, Table] = {
     "reference": idx_reference,
     "uri": idx_uri,
     "composite": idx_composite,
+    "fact": clinical_fact,
 }
 
 __all__ = ["INDEX_TABLES", "Resource", "ResourceHistory", "metadata"]

@@ -1,0 +1,53 @@
+"""eligibility facts: clinical_fact, filled for the resources already stored
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-11-23 06:00:00.000000
+
+One row per clinical resource and coding of its code with what a screening reads (app/eligibility/facts.py),
+so population screenings scan rows by code and group them by patient instead of joining the search-index
+tables. Existing Observations, Conditions and medication resources get their facts here (a large database
+takes a while: about 50 microseconds per resource).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "clinical_fact",
+        sa.Column("res_type", sa.String(64), nullable=False),
+        sa.Column("res_id", sa.String(64), nullable=False),
+        sa.Column("patient_id", sa.String(64), nullable=True),
+        sa.Column("system", sa.String(255), nullable=True),
+        sa.Column("code", sa.String(255), nullable=True),
+        sa.Column("status", sa.String(64), nullable=True),
+        sa.Column("clinical_status", sa.String(64), nullable=True),
+        sa.Column("lo", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("hi", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("value", sa.Float, nullable=True),
+        sa.Column("unit_system", sa.String(255), nullable=True),
+        sa.Column("unit_code", sa.String(255), nullable=True),
+        sa.Column("canonical_value", sa.Float, nullable=True),
+        sa.Column("canonical_code", sa.String(255), nullable=True),
+        sa.Column("positive", sa.SmallInteger, nullable=True),
+    )
+    # Filled before the indexes are built: one bulk build instead of row-by-row maintenance.
+    from app.store.facts import write_facts  # the facts as this version of the code derives them
+
+    write_facts(op.get_bind())
+    op.create_index("ix_clinical_fact_resource", "clinical_fact", ["res_type", "res_id"])
+    op.create_index("ix_clinical_fact_code", "clinical_fact", ["res_type", "code", "system"])
+    op.create_index("ix_clinical_fact_patient", "clinical_fact", ["patient_id", "res_type"])
+
+
+def downgrade() -> None:
+    op.drop_table("clinical_fact")
