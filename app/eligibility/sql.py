@@ -16,8 +16,9 @@ Shape (SQLAlchemy Core, so one compiler serves SQLite and PostgreSQL; every valu
   false < unknown < true, so a leaf's rules become a per-candidate score and a MAX per patient; `which:
   latest` keeps each patient's latest usable candidate (ROW_NUMBER()); one scoring pass per type covers
   all its leaves (CASE on the leaf number);
-- the scores meet in one UNION ALL grouped by patient (one aggregate, not a join per leaf); a patient
-  without a leaf's rows gets the leaf's `missing` default;
+- each scoring pass is pivoted to one row per patient (a column per leaf) and the pivots are joined to
+  the population (hash aggregates and hash joins of one row per patient); a patient without a leaf's
+  rows gets the leaf's `missing` default;
 - composite nodes are SQL's own AND / OR / NOT over the leaves' booleans: with NULL as unknown they
   are Kleene's all_of / any_of / not exactly; at_least counts trues and unknowns;
 - criterion outcomes (0 pass, 1 fail, 2 unknown) and the patient status are computed in SQL; counts
@@ -206,6 +207,10 @@ def _complement(resource_type: str, counting: frozenset[str]) -> list[str]:
     if codes is None:  # pragma: no cover - the R4 definitions bind every status used here
         raise ValueError(f"{resource_type}.status has no enumerable required value set")
     return sorted({code for found in codes.values() for code in found} - counting)
+
+
+def _numbers(specs: Sequence[_Spec]) -> tuple[int, ...]:
+    return tuple(spec.number for spec in specs)
 
 
 class ScreeningCompiler:
@@ -434,7 +439,7 @@ class ScreeningCompiler:
 
     # ------------------------------------------------------------------------------------------ second pass
 
-    def build(self) -> list[Select[Any]]:
+    def build(self) -> list[tuple[Select[Any], tuple[int, ...]]]:
         """Selects of (leaf, patient_id, score): every leaf's score for the patients with candidates; one
         scoring pass per resource type for all its leaves. Sets `missing`: each leaf's truth without rows."""
         by_kind: dict[str, list[_Spec]] = {}
@@ -447,13 +452,13 @@ class ScreeningCompiler:
         pregnancies = by_kind.get("pregnancy", [])
         conditions = by_kind.get("condition", [])
         medications = by_kind.get("medication", [])
-        sources: list[Select[Any]] = []
+        sources: list[tuple[Select[Any], tuple[int, ...]]] = []
         if thresholds:
             rows = self._observation_values(
                 [(spec.number, self._matcher(spec.node.codes)) for spec in thresholds], "observations"
             )
             judged = {spec.number: self._threshold(spec.node, rows) for spec in thresholds}
-            sources.append(self._observation_scores(thresholds, rows, judged, "threshold"))
+            sources.append((self._observation_scores(thresholds, rows, judged, "threshold"), _numbers(thresholds)))
         readings = None
         if positives or pregnancies:
             reading_uses = [(spec.number, self._matcher(spec.node.codes)) for spec in positives]
@@ -467,7 +472,7 @@ class ScreeningCompiler:
                         (readings.c.positive == wanted, 1), (readings.c.positive.is_not(None), 0), else_=null()
                     )
                     judged[spec.number] = (meets, readings.c.positive)
-                sources.append(self._observation_scores(positives, readings, judged, "positive"))
+                sources.append((self._observation_scores(positives, readings, judged, "positive"), _numbers(positives)))
         condition_source = None
         if conditions or pregnancies:
             condition_uses: list[
@@ -485,16 +490,16 @@ class ScreeningCompiler:
             ]
             condition_source = self._conditions(condition_uses)
             if conditions:
-                sources.append(self._condition_scores(conditions, condition_source))
+                sources.append((self._condition_scores(conditions, condition_source), _numbers(conditions)))
         if pregnancies:
             assert readings is not None and condition_source is not None
-            sources.append(self._pregnancy_scores(pregnancies, condition_source, readings))
+            sources.append((self._pregnancy_scores(pregnancies, condition_source, readings), _numbers(pregnancies)))
         if medications:
             uses_source = self._medications([(spec.number, spec.node.codes) for spec in medications])
-            sources.append(self._medication_scores(medications, uses_source))
-        sources += [self._age(spec) for spec in by_kind.get("age", [])]
-        sources += [self._sex(spec) for spec in by_kind.get("sex", [])]
-        sources += [self._other_study(spec) for spec in by_kind.get("other_study", [])]
+            sources.append((self._medication_scores(medications, uses_source), _numbers(medications)))
+        sources += [(self._age(spec), (spec.number,)) for spec in by_kind.get("age", [])]
+        sources += [(self._sex(spec), (spec.number,)) for spec in by_kind.get("sex", [])]
+        sources += [(self._other_study(spec), (spec.number,)) for spec in by_kind.get("other_study", [])]
         return sources
 
     def _threshold(self, node: c.Observation, rows: Any) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
@@ -855,20 +860,33 @@ def compile_screening(
     sources = compiler.build()
     if sources:
         count = len(compiler.specs)
-        scores = union_all(*sources).cte("scores")
-        per_patient = (
-            select(
-                scores.c.patient_id,
-                *(func.max(case((scores.c.leaf == k, scores.c.score))).label(f"s{k}") for k in range(count)),
-            )
-            .group_by(scores.c.patient_id)
-            .cte("per_patient")
-        )
+        # Each source's scores pivoted to one row per patient (a column per leaf), the pivots joined to the
+        # population: hash aggregates of one source's rows and hash joins of one row per patient, cheaper than
+        # sorting every source's rows together to pivot them at once.
         population_cte = population.cte("population")
-        joined = population_cte.outerjoin(per_patient, per_patient.c.patient_id == population_cte.c.patient_id)
+        joined: Any = population_cte
+        leaf_columns: dict[int, Any] = {}
+        for number, (source, leaves) in enumerate(sources):
+            rows = source.subquery(f"source{number}")
+            pivot = (
+                select(
+                    rows.c.patient_id,
+                    *(
+                        func.max(rows.c.score if len(leaves) == 1 else case((rows.c.leaf == k, rows.c.score))).label(
+                            f"s{k}"
+                        )
+                        for k in leaves
+                    ),
+                )
+                .group_by(rows.c.patient_id)
+                .cte(f"pivot{number}")
+            )
+            joined = joined.outerjoin(pivot, pivot.c.patient_id == population_cte.c.patient_id)
+            leaf_columns.update({k: pivot.c[f"s{k}"] for k in leaves})
+        assert len(leaf_columns) == count, "every leaf has one source"
         truths = []
         for k, missing in enumerate(compiler.missing):
-            column = per_patient.c[f"s{k}"]
+            column = leaf_columns[k]
             default = null() if missing is None else (true() if missing else false())
             truths.append(
                 case((column.is_(None), default), (column == TRUE, true()), (column == FALSE, false()), else_=null())

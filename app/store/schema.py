@@ -132,6 +132,20 @@ idx_composite = _index_table(
     lookup=("c1_code", "c2_code"),
 )
 
+FACT_COVERED = (
+    "patient_id",
+    "status",
+    "clinical_status",
+    "lo",
+    "hi",
+    "value",
+    "unit_system",
+    "unit_code",
+    "canonical_value",
+    "canonical_code",
+    "positive",
+    "res_id",
+)
 # Eligibility facts (app/eligibility/facts.py): per clinical resource (Observation, Condition, medication
 # statements, requests, administrations) and coding of its `code`, what a screening reads, in one row, so a
 # population screening scans rows by code and groups them by patient without joining index tables.
@@ -155,7 +169,16 @@ clinical_fact = Table(
     Column("canonical_code", String(255), nullable=True),
     Column("positive", SmallInteger, nullable=True),  # Observation: 1 positive, 0 negative, NULL unreadable
     Index("ix_clinical_fact_resource", "res_type", "res_id"),
-    Index("ix_clinical_fact_code", "res_type", "code", "system"),
+    # PostgreSQL: covering (a screening reads its candidates from the index alone, in code order, instead of
+    # fetching rows spread over the whole table) and with pattern ops (ATC / ICD-10 prefixes are index ranges).
+    Index(
+        "ix_clinical_fact_code",
+        "res_type",
+        "code",
+        "system",
+        postgresql_ops={"code": "text_pattern_ops"},
+        postgresql_include=list(FACT_COVERED),
+    ),
     Index("ix_clinical_fact_patient", "patient_id", "res_type"),
 )
 

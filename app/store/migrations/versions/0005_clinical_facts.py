@@ -15,6 +15,10 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+# What the screening reads from the code index alone on PostgreSQL (index-only scans).
+COVERED = ("patient_id", "status", "clinical_status", "lo", "hi", "value", "unit_system", "unit_code",
+           "canonical_value", "canonical_code", "positive", "res_id")  # fmt: skip
+
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
@@ -45,7 +49,13 @@ def upgrade() -> None:
 
     write_facts(op.get_bind())
     op.create_index("ix_clinical_fact_resource", "clinical_fact", ["res_type", "res_id"])
-    op.create_index("ix_clinical_fact_code", "clinical_fact", ["res_type", "code", "system"])
+    op.create_index(
+        "ix_clinical_fact_code",
+        "clinical_fact",
+        ["res_type", "code", "system"],
+        postgresql_ops={"code": "text_pattern_ops"},
+        postgresql_include=list(COVERED),
+    )
     op.create_index("ix_clinical_fact_patient", "clinical_fact", ["patient_id", "res_type"])
 
 
