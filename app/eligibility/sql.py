@@ -19,8 +19,8 @@ Shape (SQLAlchemy Core, so one compiler serves SQLite and PostgreSQL; every valu
 - each scoring pass is pivoted to one row per patient (a column per leaf) and the pivots are joined to
   the population (hash aggregates and hash joins of one row per patient); a patient without a leaf's
   rows gets the leaf's `missing` default;
-- composite nodes are SQL's own AND / OR / NOT over the leaves' booleans: with NULL as unknown they
-  are Kleene's all_of / any_of / not exactly; at_least counts trues and unknowns;
+- composite nodes are integer arithmetic over the leaves' scores (`kleene_score`): all_of the minimum,
+  any_of the maximum, not 2 - x, at_least counts trues and unknowns;
 - criterion outcomes (0 pass, 1 fail, 2 unknown) and the patient status are computed in SQL; counts
   over the population and one keyset page come out of the same statement.
 
@@ -802,24 +802,35 @@ class ScreeningCompiler:
         )
 
 
-def truth(tree: Any, leaves: Sequence[ColumnElement[Any]]) -> ColumnElement[Any]:
-    """The boolean expression of a tree over the leaves' truth columns (NULL: unknown)."""
+def kleene_score(tree: Any, leaves: Sequence[ColumnElement[Any]], dialect: str) -> ColumnElement[Any]:
+    """A tree's truth as a score over the leaves' scores (2 true, 1 unknown, 0 false): on Kleene's order
+    false < unknown < true, all_of is the minimum, any_of the maximum, not is 2 - x, and at_least is true
+    with n trues, false when fewer than n are true or unknown. Each leaf's score is read once per criterion
+    (a boolean form needed each leaf twice: `CASE WHEN x THEN pass WHEN NOT x THEN fail`)."""
     kind = tree[0]
     if kind == "leaf":
         leaf: ColumnElement[Any] = leaves[tree[1]]
         return leaf
-    if kind == "all_of":
-        return and_(*(truth(child, leaves) for child in tree[1]))
-    if kind == "any_of":
-        return or_(*(truth(child, leaves) for child in tree[1]))
+    if kind in ("all_of", "any_of"):
+        children = [kleene_score(child, leaves, dialect) for child in tree[1]]
+        if not children:
+            return literal(TRUE if kind == "all_of" else FALSE)
+        if len(children) == 1:
+            return children[0]
+        # LEAST / GREATEST on PostgreSQL; SQLite's min / max with several arguments are the scalar ones
+        postgresql = dialect == "postgresql"
+        pick = (
+            (func.least if postgresql else func.min)
+            if kind == "all_of"
+            else (func.greatest if postgresql else func.max)
+        )
+        return pick(*children)
     if kind == "not":
-        return ~truth(tree[1], leaves)
-    n, children = tree[1], [truth(child, leaves) for child in tree[2]]
-    trues = sum((case((child, 1), else_=0) for child in children), literal(0))
-    # unknown: neither it nor its negation holds (no `IS NULL` on a NOT: PostgreSQL reads `NOT x IS NULL`
-    # as `NOT (x IS NULL)`)
-    unknowns = sum((case((child, 0), (~child, 0), else_=1) for child in children), literal(0))
-    return case((trues >= n, true()), (trues + unknowns < n, false()), else_=null())
+        return literal(TRUE) - kleene_score(tree[1], leaves, dialect)
+    n, children = tree[1], [kleene_score(child, leaves, dialect) for child in tree[2]]
+    trues = sum((case((child == TRUE, 1), else_=0) for child in children), literal(0))
+    possible = sum((case((child >= UNKNOWN, 1), else_=0) for child in children), literal(0))
+    return case((trues >= n, TRUE), (possible < n, FALSE), else_=UNKNOWN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -884,19 +895,17 @@ def compile_screening(
             joined = joined.outerjoin(pivot, pivot.c.patient_id == population_cte.c.patient_id)
             leaf_columns.update({k: pivot.c[f"s{k}"] for k in leaves})
         assert len(leaf_columns) == count, "every leaf has one source"
-        truths = []
-        for k, missing in enumerate(compiler.missing):
-            column = leaf_columns[k]
-            default = null() if missing is None else (true() if missing else false())
-            truths.append(
-                case((column.is_(None), default), (column == TRUE, true()), (column == FALSE, false()), else_=null())
-            )
+        # a leaf without rows for the patient: its `missing` default (absent: false; unknown otherwise)
+        leaf_scores = [
+            func.coalesce(leaf_columns[k], UNKNOWN if missing is None else (TRUE if missing else FALSE))
+            for k, missing in enumerate(compiler.missing)
+        ]
         outcome_columns: list[Any] = []
         for criterion_id, tree in trees.items():
-            value = truth(tree, truths)
+            value = kleene_score(tree, leaf_scores, dialect)
             passing, failing = (PASS, FAIL) if types[criterion_id] == "inclusion" else (FAIL, PASS)
             outcome_columns.append(
-                case((value, passing), (~value, failing), else_=UNDECIDED).label(f"o{len(outcome_columns)}")
+                case({TRUE: passing, FALSE: failing}, value=value, else_=UNDECIDED).label(f"o{len(outcome_columns)}")
             )
         outcomes = select(population_cte.c.patient_id, *outcome_columns).select_from(joined).cte("outcomes")
     else:
@@ -977,4 +986,12 @@ def screen(
     return read_screening(rows, compiled.computable, listed)
 
 
-__all__ = ["CompiledScreening", "Screening", "ScreeningCompiler", "age_cutoff", "compile_screening", "screen", "truth"]
+__all__ = [
+    "CompiledScreening",
+    "Screening",
+    "ScreeningCompiler",
+    "age_cutoff",
+    "compile_screening",
+    "kleene_score",
+    "screen",
+]
