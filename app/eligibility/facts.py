@@ -8,8 +8,8 @@ patient, the code, the status that decides whether the record counts, its date s
 and UCUM canonical) and, for Observations, its positivity. `app.eligibility.sql` scans these rows by code and
 groups them by patient: no joins.
 
-Derived from the index rows (not re-read from the JSON), so the facts say exactly what the index rows said
-to the screening before; what "counts", "active" and "positive" mean is the reference evaluator's
+Derived from the index rows `indexer.extract` produces (the same rows searches read), so the facts say what
+those rows say; what "counts", "active" and "positive" mean is the reference evaluator's
 (`app.eligibility.reference`), whose constants these are. Pure: no database, no web framework.
 """
 

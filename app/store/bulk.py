@@ -45,13 +45,13 @@ def _converters(table: Table, sqlite: bool) -> list[Any]:
     return converters
 
 
-_CONVERTERS: dict[tuple[str, bool], list[Any]] = {}
+_CONVERTERS: dict[tuple[str, tuple[str, ...], bool], list[Any]] = {}
 
 
 def storage_tuples(table: Table, rows: list[dict[str, Any]], sqlite: bool) -> list[tuple[Any, ...]]:
     """Rows as tuples in the table's column order and the database's storage format (what `insert_tuples`
     takes): JSON serialised, datetimes as the strings each database stores or parses."""
-    key = (table.name, sqlite)
+    key = (table.name, tuple(table.columns.keys()), sqlite)  # a reflected table may have other columns
     converters = _CONVERTERS.get(key)
     if converters is None:
         converters = _CONVERTERS[key] = _converters(table, sqlite)

@@ -8,10 +8,11 @@ in pages of `batch` by primary key, their fact parameters extracted again, their
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, MetaData, Table, delete, select
 
 from app.eligibility.facts import FACT_PARAMETERS, FACT_TYPES
 from app.store import indexer
@@ -19,12 +20,16 @@ from app.store.bulk import bulk_insert
 from app.store.schema import Resource, clinical_fact
 
 resource_table = Resource.__table__  # type: ignore[attr-defined]
+log = logging.getLogger("trialbridge.facts")
+_PROGRESS_EVERY = 200_000  # resources between progress lines
 
 
 def write_facts(conn: Connection, *, first: str | None = None, last: str | None = None, batch: int = 2000) -> int:
     """Replace the facts of every current resource of a fact type (with ids in [first, last) when given);
-    returns how many fact rows were written."""
-    written = 0
+    returns how many fact rows were written. Writes the columns the database's table has (reflected): a
+    migration that runs this on an older revision of the table must not write columns added later."""
+    stored_table = Table(clinical_fact.name, MetaData(), autoload_with=conn)
+    written = read = 0
     for resource_type in sorted(FACT_TYPES):
         where = [resource_table.c.res_type == resource_type, resource_table.c.deleted.is_(False)]
         if first is not None:
@@ -52,8 +57,11 @@ def write_facts(conn: Connection, *, first: str | None = None, last: str | None 
                 if isinstance(resource, dict):
                     index = indexer.extract(resource_type, res_id, resource, only=FACT_PARAMETERS[resource_type])
                     facts += index.rows.get("fact", [])
-            bulk_insert(conn, clinical_fact, facts)
+            bulk_insert(conn, stored_table, facts)
             written += len(facts)
+            read += len(rows)
+            if read // _PROGRESS_EVERY != (read - len(rows)) // _PROGRESS_EVERY:
+                log.info("eligibility facts: %d resources read, %d fact rows written", read, written)
             after = rows[-1][0]
     return written
 

@@ -158,8 +158,8 @@ clinical_fact = Table(
     Column("system", String(255), nullable=True),
     Column("code", String(255), nullable=True),
     # Observation / medication status; Condition verification status (a void one when any coding is void)
-    Column("status", String(64), nullable=True),
-    Column("clinical_status", String(64), nullable=True),  # Condition: an active code when any coding is active
+    Column("status", String(255), nullable=True),  # as long as a token code: a Condition's may be a local one
+    Column("clinical_status", String(255), nullable=True),  # Condition: an active code when any coding is active
     Column("lo", DateTime(timezone=True), nullable=True),  # the date span the screening reads (UTC instants)
     Column("hi", DateTime(timezone=True), nullable=True),
     Column("value", Float, nullable=True),  # Observation.valueQuantity as written and in UCUM base units

@@ -346,3 +346,19 @@ def test_screening_reads_the_current_facts(store: Store) -> None:
     found, expected = state(12, 40)  # anti-TPO updated above its reference high: positive, excluded
     assert (found["madrs-above-17"], found["thyroid-antibodies"]) == ("fail", "fail")
     assert found == expected
+
+
+def test_condition_statuses_as_long_as_token_codes_are_stored(client: TestClient) -> None:
+    """A Condition's verification / clinical status may be a long local code (no void or active coding to prefer):
+    the fact keeps it (PostgreSQL refused it as too long for the column once: 422 on a valid resource)."""
+    local = "L" * 200
+    condition = {
+        "resourceType": "Condition",
+        "subject": {"reference": "Patient/long-status"},
+        "code": {"coding": [{"system": SNOMED, "code": "191627008"}]},
+        "verificationStatus": {"coding": [{"system": "https://x.example/local", "code": local}]},
+        "clinicalStatus": {"coding": [{"system": "https://x.example/local", "code": local + "C"}]},
+    }
+    created = ok(client.post("/fhir/Condition", json=condition), 201)
+    rows = as_dicts(stored(client.app.state.store.engine, created["id"]))  # type: ignore[attr-defined]
+    assert [(row["status"], row["clinical_status"]) for row in rows] == [(local, local + "C")]
