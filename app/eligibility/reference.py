@@ -668,7 +668,10 @@ def _other_study(node: c.OtherStudy, patient: PatientData) -> Verdict:
     found: list[Evidence] = []
     unknown: list[Evidence] = []
     for resource in patient.of("ResearchSubject"):
-        study = reference_key(_get(resource, ("study", "reference")))
+        written_study = _get(resource, ("study", "reference"))
+        # Another server's study (an absolute URL: references to this server are stored relative) is another
+        # study whatever its id, as the store indexes it (a URL, no local target).
+        study = None if isinstance(written_study, str) and "://" in written_study else reference_key(written_study)
         status = resource.get("status")
         if study == patient.study_key or status not in PARTICIPATING:
             continue
@@ -682,7 +685,7 @@ def _other_study(node: c.OtherStudy, patient: PatientData) -> Verdict:
             reference=_reference(resource),
             date=written,
             value=status,
-            code=study,
+            code=study if study is not None else (written_study if isinstance(written_study, str) else None),
             note=f"{written or 'no start'} to {end_text}",
         )
         if last is not None:

@@ -273,6 +273,34 @@ def test_sql_logic_is_kleene_logic(store: Store) -> None:
         assert row.outcomes == {k: outcome[v] for k, v in expected.items()}, (values, row.outcomes)
 
 
+def test_a_study_on_another_server_is_another_study(store: Store) -> None:
+    """A ResearchSubject whose study is another server's ResearchStudy/depil-2 (an absolute URL) is taking part in
+    another study, for both evaluators (the store indexes the URL, not a local target); the same id on this
+    server (relative) is this study."""
+    resources: list[dict[str, Any]] = []
+    for pid, study in (("elsewhere", "https://other.example/fhir/ResearchStudy/depil-2"), ("here", STUDY)):
+        resources += [
+            {"resourceType": "Patient", "id": pid},
+            {
+                "resourceType": "ResearchSubject",
+                "id": f"{pid}-subject",
+                "status": "on-study",
+                "period": {"start": "2026-10-01"},
+                "study": {"reference": study},
+                "individual": {"reference": f"Patient/{pid}"},
+            },
+        ]
+    load(store, resources)
+    listed = [
+        Criterion.model_validate(
+            {"id": "other", "type": "exclusion", "text": "other study", "expression": {"other_study": {}}}
+        )
+    ]
+    expected = reference_outcomes(listed, resources, D, STUDY)
+    assert {pid: outcomes["other"] for pid, (_, outcomes) in expected.items()} == {"elsewhere": "fail", "here": "pass"}
+    assert disagreements(expected, sql_outcomes(screen(store.engine, listed, D, STUDY))) == []
+
+
 # ------------------------------------------------------------------------------------------ generated populations
 
 # Dates around the DEPIL-2 windows (3, 30, 90, 180 days, 5 years) and near midnight in other time zones, so
