@@ -10,14 +10,14 @@ groups them by patient: no joins.
 
 Derived from the index rows `indexer.extract` produces (the same rows searches read), so the facts say what
 those rows say; what "counts", "active" and "positive" mean is the reference evaluator's
-(`app.eligibility.reference`), whose constants these are. Pure: no database, no web framework.
+(`app.eligibility.rules`, which both evaluators share). Pure: no database, no web framework.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from app.eligibility import reference as ref
+from app.eligibility import rules
 from app.fhir.systems import INTERPRETATION
 
 Row = dict[str, Any]
@@ -89,14 +89,14 @@ def _positivity(tokens: dict[str, list[Row]], quantities: list[Row], value: dict
         row["code"] for row in tokens.get("interpretation", ()) if row["system"] in (None, INTERPRETATION)
     }
     if interpretations:
-        if not interpretations.isdisjoint(ref.POSITIVE_INTERPRETATIONS):
+        if not interpretations.isdisjoint(rules.POSITIVE_INTERPRETATIONS):
             return 1
-        if not interpretations.isdisjoint(ref.NEGATIVE_INTERPRETATIONS):
+        if not interpretations.isdisjoint(rules.NEGATIVE_INTERPRETATIONS):
             return 0
-    coded = {row["code"] for row in tokens.get("value-concept", ()) if row["system"] == ref.SNOMED}
-    if ref.POSITIVE_VALUE in coded:
+    coded = {row["code"] for row in tokens.get("value-concept", ()) if row["system"] == rules.SNOMED}
+    if rules.POSITIVE_VALUE in coded:
         return 1
-    if ref.NEGATIVE_VALUE in coded:
+    if rules.NEGATIVE_VALUE in coded:
         return 0
     if value["value"] is None:
         return None
@@ -113,9 +113,9 @@ def _positivity(tokens: dict[str, list[Row]], quantities: list[Row], value: dict
         )
         as_written = bare or same_unit
         if as_written:
-            above = ref.compare(value["value"], ">", high["value"])
+            above = rules.compare(value["value"], ">", high["value"])
         elif value["canonical_code"] is not None and value["canonical_code"] == high["canonical_code"]:
-            above = ref.compare(value["canonical_value"], ">", high["canonical_value"])
+            above = rules.compare(value["canonical_value"], ">", high["canonical_value"])
         else:
             continue
         if not above:
@@ -151,8 +151,8 @@ def clinical_facts(resource_type: str, rows: dict[str, list[Row]]) -> list[Row]:
         return [row["code"] for row in tokens.get(param, ()) if row["code"] is not None]
 
     if resource_type == "Condition":
-        common["status"] = _preferred(codes("verification-status"), ref.VOID_VERIFICATION)
-        common["clinical_status"] = _preferred(codes("clinical-status"), ref.ACTIVE_CLINICAL)
+        common["status"] = _preferred(codes("verification-status"), rules.VOID_VERIFICATION)
+        common["clinical_status"] = _preferred(codes("clinical-status"), rules.ACTIVE_CLINICAL)
     else:
         common["status"] = next(iter(codes("status")), None)
     if resource_type == "Observation":

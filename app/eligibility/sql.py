@@ -65,6 +65,7 @@ from sqlalchemy import (
 
 from app.eligibility import criteria as c
 from app.eligibility import reference as ref
+from app.eligibility import rules
 from app.eligibility.dates import minus_window
 from app.eligibility.outcome import Status
 from app.eligibility.population import OUTCOME_CODES, STATUSES, Screening, read_screening
@@ -298,11 +299,11 @@ class ScreeningCompiler:
         """`reference.is_pregnancy_code` on a token row."""
         prefixes = ["O", "Z33", "Z34"] + (["Z39.1"] if lactation else [])
         icd10 = and_(
-            token.c.system.in_(list(ref.ICD10_SYSTEMS)), or_(*(self.sql.prefix(token.c.code, p) for p in prefixes))
+            token.c.system.in_(list(rules.ICD10_SYSTEMS)), or_(*(self.sql.prefix(token.c.code, p) for p in prefixes))
         )
         if not lactation:
             icd10 = and_(icd10, ~self.sql.prefix(token.c.code, "O92"))
-        return or_(and_(token.c.system == ref.SNOMED, token.c.code == ref.PREGNANCY_SNOMED), icd10)
+        return or_(and_(token.c.system == rules.SNOMED, token.c.code == rules.PREGNANCY_SNOMED), icd10)
 
     @staticmethod
     def _missing(node: Any) -> bool | None:
@@ -373,7 +374,7 @@ class ScreeningCompiler:
                 coded.c.canonical_code.label("q_canonical_code"),
             )
             .where(
-                self._status_counts(coded.c.status, "Observation", ref.OBSERVATION_STATUSES),
+                self._status_counts(coded.c.status, "Observation", rules.OBSERVATION_STATUSES),
                 or_(coded.c.lo.is_(None), coded.c.lo < self.next_day),
             )
             .cte(name)
@@ -395,10 +396,10 @@ class ScreeningCompiler:
                 coded.c.lo,
                 coded.c.hi,
                 case((clinical.is_not(None), 1), else_=0).label("has_clinical"),
-                case((clinical.in_(sorted(ref.ACTIVE_CLINICAL)), 1), else_=0).label("active"),
+                case((clinical.in_(sorted(rules.ACTIVE_CLINICAL)), 1), else_=0).label("active"),
             )
             .where(
-                or_(coded.c.status.is_(None), coded.c.status.not_in(sorted(ref.VOID_VERIFICATION))),
+                or_(coded.c.status.is_(None), coded.c.status.not_in(sorted(rules.VOID_VERIFICATION))),
                 or_(coded.c.lo.is_(None), coded.c.lo < self.next_day),
             )
             .cte("conditions")
@@ -409,9 +410,9 @@ class ScreeningCompiler:
         MedicationAdministration) with a status that counts: leaf, patient_id, lo (start instant, NULL: none),
         hi (end instant, NULL: no end), ongoing (1: its status makes an open end ongoing)."""
         kinds = (
-            ("MedicationStatement", None, ref.STATEMENT_NOT_TAKEN, ref.STATEMENT_ONGOING),
-            ("MedicationRequest", ref.REQUEST_STATUSES, None, ref.REQUEST_ONGOING),
-            ("MedicationAdministration", ref.ADMINISTRATION_STATUSES, None, ref.ADMINISTRATION_ONGOING),
+            ("MedicationStatement", None, rules.STATEMENT_NOT_TAKEN, rules.STATEMENT_ONGOING),
+            ("MedicationRequest", rules.REQUEST_STATUSES, None, rules.REQUEST_ONGOING),
+            ("MedicationAdministration", rules.ADMINISTRATION_STATUSES, None, rules.ADMINISTRATION_ONGOING),
         )
         selects = []
         for resource_type, counting, excluded, ongoing in kinds:
@@ -541,7 +542,7 @@ class ScreeningCompiler:
 
     @staticmethod
     def _hcg_code(token: Any) -> ColumnElement[bool]:
-        return and_(token.c.system == ref.LOINC, token.c.code.in_(sorted(ref.HCG_CODES)))
+        return and_(token.c.system == rules.LOINC, token.c.code.in_(sorted(rules.HCG_CODES)))
 
     @staticmethod
     def _by_leaf(leaf: Any, values: dict[int, Any], else_: Any = None) -> ColumnElement[Any]:
@@ -769,11 +770,11 @@ class ScreeningCompiler:
         )
         taking_part = (
             self.scoped(status, "ResearchSubject", "status")
-            .where(status.c.code.in_(sorted(ref.PARTICIPATING)), ~this_study)
+            .where(status.c.code.in_(sorted(rules.PARTICIPATING)), ~this_study)
             .add_columns(
                 status.c.res_id,
                 status.c.patient_id,
-                case((status.c.code.in_(sorted(ref.ONGOING_PARTICIPATION)), 1), else_=0).label("ongoing"),
+                case((status.c.code.in_(sorted(rules.ONGOING_PARTICIPATION)), 1), else_=0).label("ongoing"),
             )
             .cte(f"leaf{spec.number}_statuses")
         )

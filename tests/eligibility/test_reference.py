@@ -657,7 +657,9 @@ def test_pregnancy() -> None:
         ("on-study", "2026-09-01", None, "http://example.org/fhir/ResearchStudy/other", True),
         ("follow-up", "2025-09-01", None, "ResearchStudy/other", True),
         ("on-study", "2026-09-01", None, STUDY, False),  # this very study
-        ("on-study", "2026-09-01", None, "http://h.example/fhir/ResearchStudy/depil-2/_history/2", False),
+        ("on-study", "2026-09-01", None, "ResearchStudy/depil-2/_history/2", False),  # this study, a version of it
+        # another server's ResearchStudy/depil-2: another study (references to this server are stored relative)
+        ("on-study", "2026-09-01", None, "http://h.example/fhir/ResearchStudy/depil-2/_history/2", True),
         ("withdrawn", "2026-09-01", None, "ResearchStudy/other", False),
         ("screening", "2026-10-20", None, "ResearchStudy/other", False),
         ("pending-on-study", "2026-11-02", None, "ResearchStudy/other", False),  # future-dated
