@@ -404,7 +404,7 @@ HAND_WRITTEN = """
 WITH
 patients AS (SELECT res_id AS pid FROM resource WHERE res_type = 'Patient' AND deleted = false),
 ages AS MATERIALIZED (
-  SELECT patient_id AS pid,
+  SELECT res_id AS pid,
     CASE WHEN low >= :adult_from OR high < :old_before THEN 0
          WHEN high < :adult_from AND low >= :old_before THEN 1 END AS adult,
     CASE WHEN high < :adult_from THEN 0 WHEN low >= :adult_from THEN 1 END AS minor

@@ -28,6 +28,8 @@ class Resource(SQLModel, table=True):
     __table_args__ = (
         Index("ix_resource_type_updated", "res_type", "last_updated"),
         Index("ix_resource_patient", "patient_id"),
+        # the live resources of a type from the index alone (a screening's population: every Patient)
+        Index("ix_resource_live", "res_type", "deleted", "res_id"),
     )
 
     res_type: str = Field(primary_key=True, max_length=64)

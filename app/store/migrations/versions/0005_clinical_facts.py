@@ -60,6 +60,10 @@ def upgrade() -> None:
     )
     op.create_index("ix_clinical_fact_patient", "clinical_fact", ["patient_id", "res_type"])
 
+    # A screening's population (every live Patient) from an index alone, not the resource table's rows.
+    op.create_index("ix_resource_live", "resource", ["res_type", "deleted", "res_id"])
+
 
 def downgrade() -> None:
+    op.drop_index("ix_resource_live", table_name="resource")
     op.drop_table("clinical_fact")
