@@ -9,8 +9,8 @@ ResearchSubjects; never resource JSON.
 
 Shape (SQLAlchemy Core, so one compiler serves SQLite and PostgreSQL; every value is a bound parameter):
 
-- per resource type, one candidate CTE for all the leaves reading that type (`observation_values`,
-  `readings` for positive/negative results, `conditions`, `medications`): a row per (leaf, fact) from a
+- per resource type, one candidate CTE for all the leaves reading that type (`observations` for
+  thresholds, `readings` for positive/negative results, `conditions`, `medications`): a row per (leaf, fact) from a
   range scan of the facts' code index per leaf, filtered on the row's own status and date: no joins;
 - each leaf's candidates get a score: 2 true, 1 unknown, 0 false. Kleene's "any" is the maximum on
   false < unknown < true, so a leaf's rules become a per-candidate score and a MAX per patient; `which:
@@ -33,7 +33,7 @@ evaluator's tolerance: equal when |a - b| <= RELATIVE_TOLERANCE * max(|a|, |b|).
 from __future__ import annotations
 
 import calendar
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -219,10 +219,9 @@ class ScreeningCompiler:
     """Builds the screening statement for one study, screening date and dialect.
 
     Two passes: `expression` walks each criterion and numbers its leaves; `build` then writes one candidate
-    CTE per resource type (observations, readings, conditions, medications) holding every leaf's candidates
-    with the leaf's number, so each type's status, date and value rows are read and joined once however many
-    leaves read them, and one scoring pass per type (CASE on the leaf number) giving (leaf, patient_id,
-    score) rows."""
+    CTE per resource type (observations, readings, conditions, medications) holding every leaf's candidate
+    facts with the leaf's number, and one scoring pass per type (CASE on the leaf number) giving (leaf,
+    patient_id, score) rows, which `compile_screening` pivots per patient."""
 
     def __init__(self, dialect: str, as_of: date, study_reference: str, *, restrict_patients: bool = False) -> None:
         self.sql = _Dialect(dialect)
@@ -349,9 +348,9 @@ class ScreeningCompiler:
         return (union_all(*selects) if len(selects) > 1 else selects[0]).cte(name)
 
     @staticmethod
-    def _status_counts(status: Any, resource_type: str, counting: frozenset[str]) -> ColumnElement[bool]:
-        """The resource's status counts: none recorded, or none outside `counting` of its required value set."""
-        return or_(status.is_(None), status.not_in(_complement(resource_type, counting)))
+    def _none_of(status: Any, codes: Iterable[str]) -> ColumnElement[bool]:
+        """The fact's status is not one of `codes` (none recorded counts too: SQL's NOT IN would drop it)."""
+        return or_(status.is_(None), status.not_in(sorted(codes)))
 
     def _observation_values(self, uses: Sequence[tuple[int, Callable[[Any], ColumnElement[bool]]]], name: str) -> CTE:
         """The candidates of observation leaves (`leaf`: its number; a pregnancy's hCG: -1 - its number):
@@ -375,7 +374,8 @@ class ScreeningCompiler:
                 coded.c.canonical_code.label("q_canonical_code"),
             )
             .where(
-                self._status_counts(coded.c.status, "Observation", rules.OBSERVATION_STATUSES),
+                # counts: no status outside the counting ones of its required value set
+                self._none_of(coded.c.status, _complement("Observation", rules.OBSERVATION_STATUSES)),
                 or_(coded.c.lo.is_(None), coded.c.lo < self.next_day),
             )
             .cte(name)
@@ -400,7 +400,7 @@ class ScreeningCompiler:
                 case((clinical.in_(sorted(rules.ACTIVE_CLINICAL)), 1), else_=0).label("active"),
             )
             .where(
-                or_(coded.c.status.is_(None), coded.c.status.not_in(sorted(rules.VOID_VERIFICATION))),
+                self._none_of(coded.c.status, rules.VOID_VERIFICATION),
                 or_(coded.c.lo.is_(None), coded.c.lo < self.next_day),
             )
             .cte("conditions")
@@ -427,7 +427,7 @@ class ScreeningCompiler:
                 counts = status.in_(sorted(counting))
             else:
                 assert excluded is not None
-                counts = or_(status.is_(None), status.not_in(sorted(excluded)))
+                counts = self._none_of(status, excluded)
             selects.append(
                 select(
                     coded.c.leaf,
