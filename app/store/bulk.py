@@ -7,9 +7,10 @@ SQLAlchemy itself uses (so its reads and comparisons still work), and go to the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import psycopg
@@ -32,40 +33,60 @@ def _iso_datetime(value: datetime) -> str:
     return value.isoformat()
 
 
-def _converters(table: Table, sqlite: bool) -> list[Any]:
-    converters: list[Any] = []
-    for column in table.columns:
-        if isinstance(column.type, JSON):
-            converters.append(lambda v: None if v is None else orjson.dumps(v).decode())
-        elif isinstance(column.type, DateTime):
-            convert = _sqlite_datetime if sqlite else _iso_datetime
-            converters.append(lambda v, convert=convert: None if v is None else convert(v))
-        else:
-            converters.append(None)
-    return converters
+_JSON = "json"
+_DATETIME = "datetime"
 
 
-_CONVERTERS: dict[tuple[str, tuple[str, ...], bool], list[Any]] = {}
+def _storage_kind(column: Any) -> str | None:
+    if isinstance(column.type, JSON):
+        return _JSON
+    if isinstance(column.type, DateTime):
+        return _DATETIME
+    return None
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+RowsToTuples = Callable[[list[dict[str, Any]]], list[tuple[Any, ...]]]
+
+
+def _compile_builder(names: list[str], kinds: list[str | None], sqlite: bool) -> RowsToTuples:
+    """A function turning dict rows into tuples of `names`, in storage format. Generated once per table
+    layout: a comprehension with one `row.get` per column and the conversions inlined costs ~1 µs a row,
+    where a generic loop over converters cost ~7 (ingest writes ~12 rows per resource)."""
+    convert = {_JSON: "_json", _DATETIME: "_datetime"}
+    items = []
+    for position, (name, kind) in enumerate(zip(names, kinds, strict=True)):
+        get = f"row.get({name!r})"
+        if kind is None:
+            items.append(get)
+        else:  # the walrus keeps the value for the conversion without a second look-up
+            items.append(f"(None if (v{position} := {get}) is None else {convert[kind]}(v{position}))")
+    source = f"def build(rows):\n    return [({', '.join(items)},) for row in rows]\n"
+    namespace: dict[str, Any] = {"_json": _json_text, "_datetime": _sqlite_datetime if sqlite else _iso_datetime}
+    exec(compile(source, f"<storage tuples {'sqlite' if sqlite else 'postgresql'}>", "exec"), namespace)  # noqa: S102
+    return cast(RowsToTuples, namespace["build"])
+
+
+_BUILDERS: dict[tuple[str, tuple[str, ...], bool], RowsToTuples] = {}
+
+
+def _builder(table: Table, sqlite: bool) -> RowsToTuples:
+    names = tuple(c.name for c in table.columns)
+    key = (table.name, names, sqlite)  # a reflected table may have other columns than the model's
+    builder = _BUILDERS.get(key)
+    if builder is None:
+        kinds = [_storage_kind(c) for c in table.columns]
+        builder = _BUILDERS[key] = _compile_builder(list(names), kinds, sqlite)
+    return builder
 
 
 def storage_tuples(table: Table, rows: list[dict[str, Any]], sqlite: bool) -> list[tuple[Any, ...]]:
     """Rows as tuples in the table's column order and the database's storage format (what `insert_tuples`
     takes): JSON serialised, datetimes as the strings each database stores or parses."""
-    key = (table.name, tuple(table.columns.keys()), sqlite)  # a reflected table may have other columns
-    converters = _CONVERTERS.get(key)
-    if converters is None:
-        converters = _CONVERTERS[key] = _converters(table, sqlite)
-    names = [c.name for c in table.columns]
-    converted = [(i, f) for i, f in enumerate(converters) if f is not None]
-    if not converted:
-        return [tuple(map(row.get, names)) for row in rows]
-    tuples = []
-    for row in rows:
-        values = list(map(row.get, names))
-        for i, convert in converted:
-            values[i] = convert(values[i])
-        tuples.append(tuple(values))
-    return tuples
+    return _builder(table, sqlite)(rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +97,15 @@ class StorageIndex:
     patient_id: str | None
 
 
+# The index tables' builders, by kind and database: `storage_index` runs per resource on the ingest path.
+_INDEX_BUILDERS = {
+    sqlite: {kind: _builder(table, sqlite) for kind, table in INDEX_TABLES.items()} for sqlite in (True, False)
+}
+
+
 def storage_index(index: IndexRows, sqlite: bool) -> StorageIndex:
-    return StorageIndex(
-        {kind: storage_tuples(INDEX_TABLES[kind], rows, sqlite) for kind, rows in index.rows.items()}, index.patient_id
-    )
+    builders = _INDEX_BUILDERS[sqlite]
+    return StorageIndex({kind: builders[kind](rows) for kind, rows in index.rows.items()}, index.patient_id)
 
 
 def bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
