@@ -12,8 +12,10 @@ so two clients racing the same `ifNoneExist` cannot both create.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -115,7 +117,23 @@ def fhir_instant(value: datetime) -> str:
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A server-assigned id: a UUID version 7 (RFC 9562), 48 bits of Unix milliseconds then 74 random bits.
+
+    Time-ordered on purpose: every index keyed by (res_type, res_id) then grows at its right edge, so a
+    bundle's inserts touch a few B-tree pages instead of one random page per row, in SQLite and PostgreSQL
+    alike (random UUIDs made each commit rewrite pages spread over the whole index, and the cost per row grew
+    with the table). The price is that an id tells when it was created, to the millisecond; sponsor views
+    pseudonymise ids anyway."""
+    milliseconds = time.time_ns() // 1_000_000
+    random_bits = int.from_bytes(os.urandom(10), "big")
+    value = (
+        (milliseconds & 0xFFFF_FFFF_FFFF) << 80
+        | 0x7 << 76  # version
+        | (random_bits >> 62 & 0xFFF) << 64
+        | 0b10 << 62  # variant (RFC 9562)
+        | random_bits & 0x3FFF_FFFF_FFFF_FFFF
+    )
+    return str(uuid.UUID(int=value))
 
 
 def _without_meta(content: dict[str, Any]) -> dict[str, Any]:
