@@ -44,7 +44,9 @@ class _Plan:
     by_first_key: dict[str, tuple[tuple[str, str, SearchPath], ...]]
     composites: tuple[_Composite, ...]
     codes: frozenset[str]
-    compartment: frozenset[str]
+    compartment: frozenset[str]  # the stored parameters whose Patient references place a resource
+    # Parameters whose rows would repeat other parameters' rows, and the parameters that hold them instead.
+    stored_as: dict[str, tuple[str, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,25 +81,78 @@ def _composite(resource_type: str, param: SearchParameter) -> _Composite | None:
     return _Composite(param.code, param.paths, (str(kinds[0]), first), (str(kinds[1]), second), needs)
 
 
+def _shape(resource_type: str, param: SearchParameter) -> tuple[Any, ...] | None:
+    """What a parameter's rows look like apart from their paths: parameters of one shape whose paths coincide
+    (or add up) index the same rows. None for a parameter this server does not index."""
+    if param.type == "composite":
+        composite = _composite(resource_type, param)
+        return None if composite is None else ("composite", composite.first, composite.second)
+    if param.type in INDEXED_TYPES and param.paths and param.code not in RESOURCE_TABLE_PARAMS:
+        return (param.type,)
+    return None
+
+
+def _aliases(resource_type: str) -> dict[str, tuple[str, ...]]:
+    """Indexed parameters whose rows other parameters already hold, and which: a synonym (Patient `phonetic`,
+    the same paths as `name`) is stored as the first code of its group, a union (Observation `combo-code` =
+    `code` | `component-code`) as its parts. R4 has ~25 of these; at ingest they were a quarter of an
+    Observation's index rows. Search reads the parts (`stored_as`)."""
+    shaped: dict[str, tuple[tuple[Any, ...], frozenset[SearchPath]]] = {}
+    for p in search_parameters(resource_type).values():
+        shape = _shape(resource_type, p)
+        if shape is not None:
+            shaped[p.code] = (shape, frozenset(p.paths))
+    aliases: dict[str, tuple[str, ...]] = {}
+    for code, (shape, paths) in sorted(shaped.items()):
+        synonym = next((c for c, (s, ps) in sorted(shaped.items()) if s == shape and ps == paths), code)
+        if synonym != code:
+            aliases[code] = (synonym,)
+    kept = {code: value for code, value in shaped.items() if code not in aliases}
+    for code, (shape, paths) in sorted(kept.items()):
+        inside = {c: ps for c, (s, ps) in kept.items() if c != code and s == shape and ps < paths}
+        # the largest parts only: a part inside another would give the same rows twice
+        parts = sorted(c for c, ps in inside.items() if not any(ps < other for other in inside.values()))
+        if parts and frozenset().union(*(inside[c] for c in parts)) == paths:
+            aliases[code] = tuple(parts)
+
+    def resolve(code: str) -> tuple[str, ...]:  # a part may itself be a union: down to parameters with rows
+        leaves = {leaf for part in aliases[code] for leaf in (resolve(part) if part in aliases else (part,))}
+        return tuple(sorted(leaves))
+
+    return {code: resolve(code) for code in aliases}
+
+
 @cache
 def _plan(resource_type: str) -> _Plan:
     grouped: dict[str, list[tuple[str, str, SearchPath]]] = {}
     codes = set()
     composites = []
+    aliases = _aliases(resource_type)
     for p in search_parameters(resource_type).values():
+        if _shape(resource_type, p) is None:
+            continue
+        codes.add(p.code)
+        if p.code in aliases:
+            continue  # its rows are its parts' rows
         if p.type == "composite" and (composite := _composite(resource_type, p)) is not None:
             composites.append(composite)
-            codes.add(p.code)
-        elif p.type in INDEXED_TYPES and p.paths and p.code not in RESOURCE_TABLE_PARAMS:
-            codes.add(p.code)
+        else:
             for path in p.paths:
                 grouped.setdefault(path.keys[0], []).append((p.code, p.type, path))
+    compartment = {code for param in patient_compartment(resource_type) for code in aliases.get(param, (param,))}
     return _Plan(
         {k: tuple(v) for k, v in grouped.items()},
         tuple(composites),
         frozenset(codes),
-        frozenset(patient_compartment(resource_type)),
+        frozenset(compartment),
+        aliases,
     )
+
+
+def stored_as(resource_type: str, code: str) -> tuple[str, ...]:
+    """The parameters whose index rows hold `code`'s values: (code,) itself, except for a synonym or a union
+    of other parameters (see `_aliases`). Every query of index rows by parameter goes through this."""
+    return _plan(resource_type).stored_as.get(code, (code,))
 
 
 def indexed_parameters(resource_type: str) -> dict[str, SearchParameter]:

@@ -39,6 +39,7 @@ from app.store.search import (
     compile_count,
     compile_select,
     encode_page_token,
+    param_rows,
 )
 
 # Buffered creates are written every so many resources: a big bundle's inserts then overlap with the
@@ -417,14 +418,14 @@ def _included_keys(conn: Connection, specs: list[IncludeSpec], frontier: set[tup
                     refs.c.res_type == spec.source, refs.c.target_type == target_type, refs.c.target_id.in_(ids)
                 )
                 if spec.param != "*":
-                    statement = statement.where(refs.c.param == spec.param)
+                    statement = statement.where(param_rows(refs, spec.source, spec.param))
                 keys.extend((r.res_type, r.res_id) for r in conn.execute(statement))
         elif spec.source in by_type:  # what the frontier's `param` refers to
             statement = select(refs.c.target_type, refs.c.target_id).where(
                 refs.c.res_type == spec.source, refs.c.res_id.in_(by_type[spec.source]), refs.c.target_id.is_not(None)
             )
             if spec.param != "*":
-                statement = statement.where(refs.c.param == spec.param)
+                statement = statement.where(param_rows(refs, spec.source, spec.param))
             if spec.target:
                 statement = statement.where(refs.c.target_type == spec.target)
             keys.extend((r.target_type, r.target_id) for r in conn.execute(statement))

@@ -25,7 +25,7 @@ from app.fhir import ucum
 from app.fhir.dates import date_range
 from app.fhir.definitions import SearchParameter, resource_types, search_parameters
 from app.fhir.errors import FhirError, Issue, bad_request, not_supported
-from app.store.indexer import indexed_parameters, normalize_text, parse_reference
+from app.store.indexer import indexed_parameters, normalize_text, parse_reference, stored_as
 from app.store.schema import INDEX_TABLES, Resource
 
 resource_table = Resource.__table__  # type: ignore[attr-defined]
@@ -518,6 +518,15 @@ def _quantity_condition(table: Any, raw: str, name: str) -> ColumnElement[bool]:
     return condition
 
 
+def param_rows(table: Any, resource_type: str, name: str, suffix: str = "") -> ColumnElement[bool]:
+    """The index rows of parameter `name` of `resource_type` (`suffix`: ":of-type" for its type rows). A
+    synonym or union of other parameters has no rows of its own: its parts' rows are read (see
+    `indexer.stored_as`)."""
+    stored = [code + suffix for code in stored_as(resource_type, name)]
+    by_param = table.c.param == stored[0] if len(stored) == 1 else table.c.param.in_(stored)
+    return and_(table.c.res_type == resource_type, by_param)
+
+
 def _chain_condition(resource_type: str, criterion: Criterion, res: Any) -> ColumnElement[bool]:
     """`subject:Patient.identifier=x`: resources whose subject is a Patient matching identifier=x."""
     assert criterion.chain is not None
@@ -532,9 +541,7 @@ def _chain_condition(resource_type: str, criterion: Criterion, res: Any) -> Colu
             _criterion_condition(target_type, inner, target),
         )
         per_type.append(and_(refs.c.target_type == target_type, refs.c.target_id.in_(matching)))
-    referring = select(refs.c.res_id).where(
-        refs.c.res_type == resource_type, refs.c.param == criterion.name, or_(*per_type)
-    )
+    referring = select(refs.c.res_id).where(param_rows(refs, resource_type, criterion.name), or_(*per_type))
     return res.c.res_id.in_(referring)
 
 
@@ -548,8 +555,7 @@ def _has_condition(resource_type: str, criterion: Criterion, res: Any) -> Column
     )
     refs = INDEX_TABLES["reference"].alias()
     referred = select(refs.c.target_id).where(
-        refs.c.res_type == source_type,
-        refs.c.param == ref_param,
+        param_rows(refs, source_type, ref_param),
         refs.c.target_type == resource_type,
         refs.c.res_id.in_(matching),
     )
@@ -619,8 +625,7 @@ def _criterion_condition(
     param = indexed_parameters(resource_type)[name]
     # An alias per subquery: nested chains over the same index table must never correlate.
     table = INDEX_TABLES[param.type].alias()
-    indexed_as = f"{name}:of-type" if modifier == "of-type" else name
-    owned = and_(table.c.res_type == resource_type, table.c.param == indexed_as)
+    owned = param_rows(table, resource_type, name, ":of-type" if modifier == "of-type" else "")
 
     if modifier == "missing":
         if criterion.values[0] not in ("true", "false"):
@@ -721,7 +726,7 @@ def _sort_key(resource_type: str, name: str, descending: bool) -> Any:
     smallest = (func.max if descending else func.min)(column)
     value = (
         select(smallest)
-        .where(table.c.res_type == resource_type, table.c.param == name, table.c.res_id == resource_table.c.res_id)
+        .where(param_rows(table, resource_type, name), table.c.res_id == resource_table.c.res_id)
         .scalar_subquery()
     )
     return func.coalesce(value, lowest if descending else highest)
