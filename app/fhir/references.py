@@ -12,28 +12,32 @@ ReferenceSite = tuple[dict[str, Any], str]  # the Reference-shaped dict, and its
 def find_references(resource: Any, path: str) -> list[ReferenceSite]:
     """Every Reference-shaped dict (one with a string `reference`) below `resource`, with its location.
 
-    On the ingest hot path: the location string is only built for the dicts that hold a reference.
+    On the ingest hot path (every entry of every bundle): keys and indexes are kept raw on the trail and the
+    location string is built only for the dicts that hold a reference. FHIR JSON has no arrays of arrays
+    (the models reject them), so an array's items are only searched when they are objects.
     """
     found: list[ReferenceSite] = []
-    trail: list[str] = [path]
+    trail: list[str | int] = []
 
-    def visit(node: Any) -> None:
-        if isinstance(node, dict):
-            if isinstance(node.get("reference"), str):
-                found.append((node, "".join(trail)))
-            for key, value in node.items():
-                if isinstance(value, dict | list):
-                    trail.append(f".{key}")
-                    visit(value)
-                    trail.pop()
-        else:
-            for index, item in enumerate(node):
-                if isinstance(item, dict | list):
-                    trail.append(f"[{index}]")
-                    visit(item)
-                    trail.pop()
+    def visit(node: dict[str, Any]) -> None:
+        if node.get("reference").__class__ is str:
+            found.append((node, path + "".join(f"[{k}]" if k.__class__ is int else f".{k}" for k in trail)))
+        for key, value in node.items():
+            kind = value.__class__
+            if kind is dict:
+                trail.append(key)
+                visit(value)
+                trail.pop()
+            elif kind is list:
+                trail.append(key)
+                for index, item in enumerate(value):
+                    if item.__class__ is dict:
+                        trail.append(index)
+                        visit(item)
+                        trail.pop()
+                trail.pop()
 
-    if isinstance(resource, dict | list):
+    if isinstance(resource, dict):
         visit(resource)
     return found
 
