@@ -25,6 +25,7 @@ from app.fhir.rest import FhirService, Limits
 from app.fhir.validator_pool import ValidatorPool, default_workers
 from app.mapping.sources import load_sources
 from app.mapping.study_spec import load_studies
+from app.runtime import settle_heap
 from app.store.db import make_engine, migrate
 
 log = logging.getLogger("trialbridge")
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         workers = default_workers() if settings.validation_workers is None else settings.validation_workers
         validator = ValidatorPool(workers)
         store = prepare_store(engine, settings, studies, sources, load_demo=settings.load_demo, validator=validator)
+        settle_heap()
         app.state.settings = settings
         app.state.store = store
         app.state.studies = studies
