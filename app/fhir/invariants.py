@@ -20,69 +20,109 @@ def check_invariants(resource: dict[str, Any]) -> list[Issue]:
     resource_type = resource["resourceType"]
     issues: list[Issue] = []
     contained_ids = {c.get("id") for c in resource.get("contained", []) if isinstance(c, dict)}
-    _walk(resource, resource_type, contained_ids, issues)
+    _Walk(resource_type, contained_ids, issues).visit(resource)
     if resource_type == "Observation":
         _observation(resource, issues)
     return issues
 
 
-def _walk(node: Any, path: str, contained_ids: set[Any], issues: list[Issue]) -> None:
-    if isinstance(node, list):
-        for index, item in enumerate(node):
+class _Walk:
+    """One pass over every element. Runs for every resource written: keys and indexes stay raw on the trail
+    and an element's path is spelled out only when something is wrong with it."""
+
+    def __init__(self, resource_type: str, contained_ids: set[Any], issues: list[Issue]) -> None:
+        self.resource_type = resource_type
+        self.contained_ids = contained_ids
+        self.issues = issues
+        self.trail: list[str | int] = []
+
+    def path(self, *more: str | int) -> str:
+        return self.resource_type + "".join(f"[{k}]" if k.__class__ is int else f".{k}" for k in (*self.trail, *more))
+
+    def visit(self, node: dict[str, Any]) -> None:
+        if node:
+            self._check(node)
+        trail = self.trail
+        for key, child in node.items():
+            kind = child.__class__
+            if child is None:
+                where = self.path(key)
+                self.issues.append(
+                    Issue("structure", f"{where} is null: FHIR JSON leaves empty elements out.", (where,))
+                )
+            elif key == "contained":
+                continue
+            elif kind is dict:
+                trail.append(key)
+                self.visit(child)
+                trail.pop()
+            elif kind is list:
+                trail.append(key)
+                self._items(child)
+                trail.pop()
+
+    def _items(self, items: list[Any]) -> None:
+        trail = self.trail
+        for index, item in enumerate(items):
+            kind = item.__class__
             if item is None:
+                where = self.path(index)
+                self.issues.append(Issue("structure", f"{where} is null: FHIR JSON arrays hold no nulls.", (where,)))
+            elif kind is dict or kind is list:
+                trail.append(index)
+                if kind is dict:
+                    self.visit(item)
+                else:
+                    self._items(item)
+                trail.pop()
+
+    def _check(self, node: dict[str, Any]) -> None:
+        issues = self.issues
+        value = node.get("value")
+        if isinstance(value, int | float) and not isinstance(value, bool) and "code" in node and "system" not in node:
+            issues.append(
+                Issue(
+                    "invariant",
+                    f"{self.path()}: a quantity with a unit code needs its system (qty-3), "
+                    "e.g. http://unitsofmeasure.org for UCUM.",
+                    (self.path("system"),),
+                )
+            )
+        start, end = node.get("start"), node.get("end")
+        if isinstance(start, str) and isinstance(end, str):
+            start_range, end_range = date_range(start), date_range(end)
+            if start_range and end_range and start_range[0] > end_range[1]:
                 issues.append(
                     Issue(
-                        "structure", f"{path}[{index}] is null: FHIR JSON arrays hold no nulls.", (f"{path}[{index}]",)
+                        "invariant", f"{self.path()}: start {start} is after end {end} (per-1).", (self.path("start"),)
                     )
                 )
-            _walk(item, f"{path}[{index}]", contained_ids, issues)
-        return
-    if not isinstance(node, dict):
-        return
-    value = node.get("value")
-    if isinstance(value, int | float) and not isinstance(value, bool) and "code" in node and "system" not in node:
-        issues.append(
-            Issue(
-                "invariant",
-                f"{path}: a quantity with a unit code needs its system (qty-3), "
-                "e.g. http://unitsofmeasure.org for UCUM.",
-                (f"{path}.system",),
-            )
-        )
-    start, end = node.get("start"), node.get("end")
-    if isinstance(start, str) and isinstance(end, str):
-        start_range, end_range = date_range(start), date_range(end)
-        if start_range and end_range and start_range[0] > end_range[1]:
-            issues.append(Issue("invariant", f"{path}: start {start} is after end {end} (per-1).", (f"{path}.start",)))
-    low, high = node.get("low"), node.get("high")
-    if isinstance(low, dict) and isinstance(high, dict):
-        low_value, high_value = low.get("value"), high.get("value")
-        if (
-            isinstance(low_value, int | float)
-            and isinstance(high_value, int | float)
-            and low_value > high_value
-            and low.get("code") == high.get("code")
-            and low.get("unit") == high.get("unit")
-        ):
+        low, high = node.get("low"), node.get("high")
+        if isinstance(low, dict) and isinstance(high, dict):
+            low_value, high_value = low.get("value"), high.get("value")
+            if (
+                isinstance(low_value, int | float)
+                and isinstance(high_value, int | float)
+                and low_value > high_value
+                and low.get("code") == high.get("code")
+                and low.get("unit") == high.get("unit")
+            ):
+                issues.append(
+                    Issue(
+                        "invariant",
+                        f"{self.path()}: low {low_value} is above high {high_value} (rng-2).",
+                        (self.path("low"),),
+                    )
+                )
+        reference = node.get("reference")
+        if isinstance(reference, str) and reference.startswith("#") and reference[1:] not in self.contained_ids:
             issues.append(
-                Issue("invariant", f"{path}: low {low_value} is above high {high_value} (rng-2).", (f"{path}.low",))
+                Issue(
+                    "invariant",
+                    f"{self.path()}: local reference {reference} names no contained resource (ref-1).",
+                    (self.path("reference"),),
+                )
             )
-    reference = node.get("reference")
-    if isinstance(reference, str) and reference.startswith("#") and reference[1:] not in contained_ids:
-        issues.append(
-            Issue(
-                "invariant",
-                f"{path}: local reference {reference} names no contained resource (ref-1).",
-                (f"{path}.reference",),
-            )
-        )
-    for key, child in node.items():
-        if child is None:
-            issues.append(
-                Issue("structure", f"{path}.{key} is null: FHIR JSON leaves empty elements out.", (f"{path}.{key}",))
-            )
-        elif key != "contained" and isinstance(child, dict | list):
-            _walk(child, f"{path}.{key}", contained_ids, issues)
 
 
 def _observation(resource: dict[str, Any], issues: list[Issue]) -> None:
