@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
 from app.fhir import interactions
@@ -231,30 +232,26 @@ def _transaction(store: Store, raw_entries: list[Any], options: BundleOptions) -
             if e.method in ("PUT", "DELETE") and e.resource_type and e.target_id
         )
         resolver = _ReferenceResolver(tx, id_map, options.base_url)
-        for entry_sites in sites.values():
+        for entry_sites in sites.values():  # all before any write: a conditional reference sees the state before
             rewrite_references(entry_sites, resolver)
         ordered = sorted(entries, key=lambda e: _ORDER[e.method])
-        # New resources are stamped now, so the workers that check them (for big bundles) also extract
-        # their index rows; the rest is checked as sent. Results come back in execution order.
         writing = [e for e in ordered if _writes(e)]
         created: dict[int, StoredResource] = {}
-        for e in writing:
-            if e.method != "POST" or e.reuse_existing or not (e.resource_type and e.resource and e.target_id):
-                continue
-            if not isinstance(e.resource.get("meta", {}), dict):
-                continue  # a malformed meta is checked (and refused) as sent
-            try:
-                created[e.index] = tx.stamp_new(e.resource_type, e.resource, e.target_id)
-            except (TypeError, ValueError, AttributeError):
-                continue  # content too malformed to normalise: checked as sent, which reports why
-        to_check: list[dict[str, Any]] = []
-        for e in writing:
-            content = created[e.index].content if e.index in created else e.resource
-            assert content is not None
-            to_check.append(content)
-        checks = options.validator.check(
-            to_check, [e.target_id if e.index in created else None for e in writing], sqlite=tx.sqlite
-        )
+
+        def prepared() -> Iterator[tuple[dict[str, Any], str | None]]:
+            """Each resource to check, once final: when new, stamped as stored (the workers that check it then also
+            extract its index rows); the rest is checked as sent. Produced one by one, so that big bundles are
+            checked chunk by chunk while the next chunk is stamped."""
+            for e in writing:
+                stamped = _stamped_if_new(tx, e)
+                if stamped is None:
+                    assert e.resource is not None
+                    yield e.resource, None
+                else:
+                    created[e.index] = stamped
+                    yield cast(dict[str, Any], stamped.content), e.target_id
+
+        checks = options.validator.check_each(prepared(), len(writing), sqlite=tx.sqlite)
         issues: list[Issue] = []
         failure: Exception | None = None
         for entry in ordered:
@@ -282,6 +279,19 @@ def _transaction(store: Store, raw_entries: list[Any], options: BundleOptions) -
         "type": "transaction-response",
         "entry": [results[i] for i in range(len(entries))],
     }
+
+
+def _stamped_if_new(tx: WriteTransaction, e: _Entry) -> StoredResource | None:
+    """A POST's new resource as it will be stored, or None: not a create, or content too malformed to stamp
+    (checked as sent, which reports why)."""
+    if e.method != "POST" or e.reuse_existing or not (e.resource_type and e.resource and e.target_id):
+        return None
+    if not isinstance(e.resource.get("meta", {}), dict):
+        return None
+    try:
+        return tx.stamp_new(e.resource_type, e.resource, e.target_id)
+    except (TypeError, ValueError, AttributeError):
+        return None
 
 
 def _writes(entry: _Entry) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +22,7 @@ import orjson
 
 from app.fhir.errors import Issue
 from app.fhir.validation import model_issues, semantic_issues
+from app.runtime import settle_heap
 from app.store import indexer
 from app.store.bulk import StorageIndex, storage_index
 
@@ -69,7 +70,7 @@ class ValidatorPool:
         if workers > 0:
             # forkserver: workers start from a clean interpreter, not a copy of a threaded server.
             context = multiprocessing.get_context("forkserver")
-            self._pool = ProcessPoolExecutor(workers, mp_context=context)
+            self._pool = ProcessPoolExecutor(workers, mp_context=context, initializer=settle_heap)
 
     def check(
         self,
@@ -83,19 +84,28 @@ class ValidatorPool:
         are extracted too (so its content must be final: references rewritten, id and meta stamped), in the
         storage format of SQLite or of PostgreSQL."""
         ids: Sequence[str | None] = index_ids if index_ids is not None else [None] * len(resources)
-        if self._pool is None or len(resources) < INLINE_BELOW:
-            return (
-                check_resource(resource, index_id, sqlite=sqlite)
-                for resource, index_id in zip(resources, ids, strict=True)
-            )
-        futures: list[Future[list[Checked]]] = [
-            self._pool.submit(
-                _check_chunk,
-                orjson.dumps([resources[start : start + CHUNK], list(ids[start : start + CHUNK])]),
-                sqlite,
-            )
-            for start in range(0, len(resources), CHUNK)
-        ]
+        return self.check_each(zip(resources, ids, strict=True), len(resources), sqlite=sqlite)
+
+    def check_each(
+        self, items: Iterable[tuple[dict[str, Any], str | None]], count: int, *, sqlite: bool = False
+    ) -> Iterator[Checked]:
+        """As `check`, for `count` (resource, index id) pairs produced one by one: each chunk goes to a worker
+        as soon as its last resource is produced, so the caller prepares the next chunk (rewrites its
+        references, stamps it) while the workers check this one. Inline (few resources, or no pool), `items`
+        is consumed lazily, one resource per result."""
+        if self._pool is None or count < INLINE_BELOW:
+            return (check_resource(resource, index_id, sqlite=sqlite) for resource, index_id in items)
+        futures: list[Future[list[Checked]]] = []
+        resources: list[dict[str, Any]] = []
+        ids: list[str | None] = []
+        for resource, index_id in items:
+            resources.append(resource)
+            ids.append(index_id)
+            if len(resources) == CHUNK:
+                futures.append(self._pool.submit(_check_chunk, orjson.dumps([resources, ids]), sqlite))
+                resources, ids = [], []
+        if resources:
+            futures.append(self._pool.submit(_check_chunk, orjson.dumps([resources, ids]), sqlite))
         return (checked for future in futures for checked in future.result())
 
     def close(self) -> None:
