@@ -71,7 +71,6 @@ from app.eligibility.outcome import Status
 from app.eligibility.population import OUTCOME_CODES, STATUSES, Screening, read_screening
 from app.fhir.definitions import element_defs, value_set_codes
 from app.fhir.ucum import RELATIVE_TOLERANCE, conversion
-from app.store.indexer import stored_as
 from app.store.schema import Resource, clinical_fact, idx_date, idx_reference, idx_token
 from app.store.search import param_rows
 
@@ -277,10 +276,8 @@ class ScreeningCompiler:
         )
 
     def _rows(self, table: Any, resource_type: str, param: str | Sequence[str]) -> ColumnElement[bool]:
-        if isinstance(param, str):
-            return param_rows(table, resource_type, param)
-        stored = sorted({code for name in param for code in stored_as(resource_type, name)})
-        return and_(table.c.res_type == resource_type, table.c.param.in_(stored))
+        names = [param] if isinstance(param, str) else list(param)
+        return or_(*(param_rows(table, resource_type, name) for name in names))
 
     def _codes(self, table: Any, refs: Sequence[c.CodeRef]) -> ColumnElement[bool]:
         """A token row matching one of `refs` (exact codes grouped per system, prefixes, ICD-10 blocks)."""

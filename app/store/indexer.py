@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -45,8 +45,8 @@ class _Plan:
     composites: tuple[_Composite, ...]
     codes: frozenset[str]
     compartment: frozenset[str]  # the stored parameters whose Patient references place a resource
-    # Parameters whose rows would repeat other parameters' rows, and the parameters that hold them instead.
-    stored_as: dict[str, tuple[str, ...]]
+    # Parameters whose rows would repeat other parameters' rows, and where those rows are instead.
+    stored_as: dict[str, StoredAs]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,34 +92,58 @@ def _shape(resource_type: str, param: SearchParameter) -> tuple[Any, ...] | None
     return None
 
 
-def _aliases(resource_type: str) -> dict[str, tuple[str, ...]]:
-    """Indexed parameters whose rows other parameters already hold, and which: a synonym (Patient `phonetic`,
-    the same paths as `name`) is stored as the first code of its group, a union (Observation `combo-code` =
-    `code` | `component-code`) as its parts. R4 has ~25 of these; at ingest they were a quarter of an
-    Observation's index rows. Search reads the parts (`stored_as`)."""
+@dataclass(frozen=True, slots=True)
+class StoredAs:
+    """Where a parameter's index rows are: under `params`, and (references only, when given) only the rows
+    whose target is one of `target_types`."""
+
+    params: tuple[str, ...]
+    target_types: tuple[str, ...] = ()
+
+
+def _aliases(resource_type: str) -> dict[str, StoredAs]:
+    """Indexed parameters whose rows other parameters already hold, and where:
+
+    - a synonym (Patient `phonetic` has the paths of `name`) is stored as the first code of its group;
+    - a union (Observation `combo-code` = `code` | `component-code`) as its parts;
+    - a reference restricted to target types (Observation `patient` = `subject.where(resolve() is Patient)`)
+      as the unrestricted parameter's rows with those targets.
+
+    R4 has ~65 of these; at ingest they were a third of an Observation's index rows. Search reads the rows
+    through `stored_as`."""
     shaped: dict[str, tuple[tuple[Any, ...], frozenset[SearchPath]]] = {}
     for p in search_parameters(resource_type).values():
         shape = _shape(resource_type, p)
         if shape is not None:
             shaped[p.code] = (shape, frozenset(p.paths))
-    aliases: dict[str, tuple[str, ...]] = {}
+    aliases: dict[str, StoredAs] = {}
     for code, (shape, paths) in sorted(shaped.items()):
         synonym = next((c for c, (s, ps) in sorted(shaped.items()) if s == shape and ps == paths), code)
         if synonym != code:
-            aliases[code] = (synonym,)
+            aliases[code] = StoredAs((synonym,))
     kept = {code: value for code, value in shaped.items() if code not in aliases}
+    unions: dict[str, tuple[str, ...]] = {}
     for code, (shape, paths) in sorted(kept.items()):
         inside = {c: ps for c, (s, ps) in kept.items() if c != code and s == shape and ps < paths}
         # the largest parts only: a part inside another would give the same rows twice
         parts = sorted(c for c, ps in inside.items() if not any(ps < other for other in inside.values()))
         if parts and frozenset().union(*(inside[c] for c in parts)) == paths:
-            aliases[code] = tuple(parts)
+            unions[code] = tuple(parts)
 
     def resolve(code: str) -> tuple[str, ...]:  # a part may itself be a union: down to parameters with rows
-        leaves = {leaf for part in aliases[code] for leaf in (resolve(part) if part in aliases else (part,))}
+        leaves = {leaf for part in unions[code] for leaf in (resolve(part) if part in unions else (part,))}
         return tuple(sorted(leaves))
 
-    return {code: resolve(code) for code in aliases}
+    aliases.update((code, StoredAs(resolve(code))) for code in unions)
+    for code, (shape, paths) in sorted(kept.items()):
+        targets = {path.resolve_types for path in paths}
+        if code in unions or shape != ("reference",) or len(targets) != 1 or not (only := targets.pop()):
+            continue
+        plain = frozenset(replace(path, resolve_types=()) for path in paths)
+        unrestricted = next((c for c, (s, ps) in sorted(kept.items()) if s == shape and ps == plain), None)
+        if unrestricted is not None and unrestricted not in unions:
+            aliases[code] = StoredAs((unrestricted,), only)
+    return aliases
 
 
 @cache
@@ -139,7 +163,8 @@ def _plan(resource_type: str) -> _Plan:
         else:
             for path in p.paths:
                 grouped.setdefault(path.keys[0], []).append((p.code, p.type, path))
-    compartment = {code for param in patient_compartment(resource_type) for code in aliases.get(param, (param,))}
+    # A compartment parameter stored as another's rows: those rows place the resource (when they are a Patient's).
+    compartment = {code for param in patient_compartment(resource_type) for code in stored_as_in(aliases, param).params}
     return _Plan(
         {k: tuple(v) for k, v in grouped.items()},
         tuple(composites),
@@ -149,10 +174,14 @@ def _plan(resource_type: str) -> _Plan:
     )
 
 
-def stored_as(resource_type: str, code: str) -> tuple[str, ...]:
-    """The parameters whose index rows hold `code`'s values: (code,) itself, except for a synonym or a union
-    of other parameters (see `_aliases`). Every query of index rows by parameter goes through this."""
-    return _plan(resource_type).stored_as.get(code, (code,))
+def stored_as_in(aliases: dict[str, StoredAs], code: str) -> StoredAs:
+    return aliases.get(code) or StoredAs((code,))
+
+
+def stored_as(resource_type: str, code: str) -> StoredAs:
+    """Where the index rows of `code` are: its own, except for a synonym, a union or a target-restricted
+    reference (see `_aliases`). Every query of index rows by parameter goes through this."""
+    return stored_as_in(_plan(resource_type).stored_as, code)
 
 
 def indexed_parameters(resource_type: str) -> dict[str, SearchParameter]:

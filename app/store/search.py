@@ -520,11 +520,16 @@ def _quantity_condition(table: Any, raw: str, name: str) -> ColumnElement[bool]:
 
 def param_rows(table: Any, resource_type: str, name: str, suffix: str = "") -> ColumnElement[bool]:
     """The index rows of parameter `name` of `resource_type` (`suffix`: ":of-type" for its type rows). A
-    synonym or union of other parameters has no rows of its own: its parts' rows are read (see
-    `indexer.stored_as`)."""
-    stored = [code + suffix for code in stored_as(resource_type, name)]
-    by_param = table.c.param == stored[0] if len(stored) == 1 else table.c.param.in_(stored)
-    return and_(table.c.res_type == resource_type, by_param)
+    synonym, a union of other parameters or a target-restricted reference has no rows of its own: the rows it
+    is stored as are read (see `indexer.stored_as`)."""
+    stored = stored_as(resource_type, name)
+    codes = [code + suffix for code in stored.params]
+    condition = and_(
+        table.c.res_type == resource_type, table.c.param == codes[0] if len(codes) == 1 else table.c.param.in_(codes)
+    )
+    if stored.target_types:
+        condition = and_(condition, table.c.target_type.in_(stored.target_types))
+    return condition
 
 
 def _chain_condition(resource_type: str, criterion: Criterion, res: Any) -> ColumnElement[bool]:

@@ -1,7 +1,7 @@
 """Search parameters that repeat others (synonyms such as Patient `phonetic` = `name`, unions such as Observation
-`combo-code` = `code` | `component-code`) have no index rows of their own, and still search, sort, include and
-chain exactly as their definitions say, on SQLite and PostgreSQL; migration 0006 removes the rows stored before
-and its downgrade copies them back."""
+`combo-code` = `code` | `component-code`, references restricted to some targets such as Observation `patient`) have
+no index rows of their own, and still search, sort, include and chain exactly as their definitions say, on SQLite
+and PostgreSQL; migration 0006 removes the rows stored before and its downgrade copies them back."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from app.store.db import alembic_config
-from app.store.indexer import extract, stored_as
+from app.store.indexer import StoredAs, extract, stored_as
 from app.store.repository import Store
 from app.store.schema import INDEX_TABLES
 
@@ -21,19 +21,20 @@ LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 
 
-def test_synonyms_and_unions_are_stored_as_their_parts() -> None:
-    assert stored_as("Observation", "combo-code") == ("code", "component-code")
-    assert stored_as("Observation", "combo-value-quantity") == ("component-value-quantity", "value-quantity")
-    assert stored_as("Observation", "combo-code-value-quantity") == (
-        "code-value-quantity",
-        "component-code-value-quantity",
+def test_synonyms_unions_and_restricted_references_are_stored_as_other_rows() -> None:
+    assert stored_as("Observation", "combo-code") == StoredAs(("code", "component-code"))
+    assert stored_as("Observation", "combo-value-quantity") == StoredAs(("component-value-quantity", "value-quantity"))
+    assert stored_as("Observation", "combo-code-value-quantity") == StoredAs(
+        ("code-value-quantity", "component-code-value-quantity")
     )
-    assert stored_as("Patient", "phonetic") == ("name",)
-    assert stored_as("ResearchSubject", "patient") == ("individual",)
-    # the parts, and parameters that only look alike, are themselves
-    assert stored_as("Observation", "code") == ("code",)
-    assert stored_as("Observation", "patient") == ("patient",)  # subject restricted to Patients: other rows
-    assert stored_as("Observation", "subject") == ("subject",)
+    assert stored_as("Patient", "phonetic") == StoredAs(("name",))
+    assert stored_as("ResearchSubject", "patient") == StoredAs(("individual",))
+    # subject.where(resolve() is Patient): the subject rows that point at a Patient
+    assert stored_as("Observation", "patient") == StoredAs(("subject",), ("Patient",))
+    assert stored_as("Encounter", "practitioner") == StoredAs(("participant",), ("Practitioner",))
+    # the parts are themselves
+    assert stored_as("Observation", "code") == StoredAs(("code",))
+    assert stored_as("Observation", "subject") == StoredAs(("subject",))
 
 
 def test_no_rows_for_aliases_and_the_compartment_still_found_through_one() -> None:
@@ -43,10 +44,11 @@ def test_no_rows_for_aliases_and_the_compartment_still_found_through_one() -> No
     assert not [p for p in params if p.startswith("combo-")]
     assert params["code"] == 1 and params["component-code"] == 2 and params["component-value-quantity"] == 2
     assert params["component-code-value-quantity"] == 2
+    assert params["subject"] == 1 and params["patient"] == 0
     patient = extract("Patient", "p", {"resourceType": "Patient", "name": [{"family": "Durand", "given": ["Zoé"]}]})
     assert {r["param"] for r in patient.rows["string"]} == {"name", "family", "given"}
     # DeviceUseStatement's compartment parameter `subject` is stored as its synonym `patient`
-    assert stored_as("DeviceUseStatement", "subject") == ("patient",)
+    assert stored_as("DeviceUseStatement", "subject") == StoredAs(("patient",))
     device_use = {
         "resourceType": "DeviceUseStatement",
         "status": "active",
@@ -117,6 +119,29 @@ def test_union_parameters_search_and_sort_through_their_parts(client: TestClient
     assert search(client, "Observation", _sort="combo-value-quantity") == ["bp-low", "hr", "bp-high"]
 
 
+def test_restricted_references_search_include_and_chain(client: TestClient) -> None:
+    put(client, {"resourceType": "Patient", "id": "p1", "name": [{"family": "Durand"}]})
+    put(client, {"resourceType": "Group", "id": "g1", "type": "person", "actual": True})
+    put(client, heart_rate("of-patient", 72))
+    put(client, heart_rate("of-group", 80) | {"subject": {"reference": "Group/g1"}})
+    put(client, heart_rate("of-nobody", 90) | {"subject": {"identifier": {"system": "urn:x", "value": "1"}}})
+    assert search(client, "Observation", patient="p1") == ["of-patient"]
+    assert search(client, "Observation", patient="Patient/p1") == ["of-patient"]
+    assert search(client, "Observation", subject="Group/g1") == ["of-group"]
+    assert search(client, "Observation", patient="Group/g1") == []
+    assert set(search(client, "Observation", **{"patient:missing": "true"})) == {"of-group", "of-nobody"}
+    assert search(client, "Observation", **{"patient.name": "durand"}) == ["of-patient"]
+    assert search(client, "Patient", **{"_has:Observation:patient:code": "8867-4"}) == ["p1"]
+    assert set(search(client, "Observation", **{"subject:identifier": "urn:x|1"})) == {"of-nobody"}
+    assert search(client, "Observation", **{"patient:identifier": "urn:x|1"}) == []
+    response = client.get("/fhir/Observation", params={"code": "8867-4", "_include": "Observation:patient"})
+    included = [e["resource"]["id"] for e in response.json()["entry"] if e["search"]["mode"] == "include"]
+    assert included == ["p1"]
+    response = client.get("/fhir/Patient", params={"_id": "p1", "_revinclude": "Observation:patient"})
+    included = [e["resource"]["id"] for e in response.json()["entry"] if e["search"]["mode"] == "include"]
+    assert included == ["of-patient"]
+
+
 def test_synonym_parameters_search_include_and_chain(client: TestClient) -> None:
     put(client, {"resourceType": "Patient", "id": "zoe", "name": [{"family": "Durand", "given": ["Zoé"]}]})
     put(client, {"resourceType": "Patient", "id": "max", "name": [{"family": "Martin", "given": ["Max"]}]})
@@ -174,6 +199,7 @@ def test_migration_0006_removes_alias_rows_and_its_downgrade_restores_them(store
             ("idx_quantity", "combo-value-quantity"): 3,
             ("idx_composite", "combo-code-value-quantity"): 3,
             ("idx_string", "phonetic"): 1,
+            ("idx_reference", "patient"): 2,  # the subject of each Observation is a Patient
         }
         assert not written - index_rows(store)  # nothing else changed
     finally:

@@ -55,7 +55,7 @@ def test_observation_rows_and_compartment() -> None:
     # combo-code is code | component-code: no rows of its own, search reads its parts' rows
     assert not any(r.get("param", "").startswith("combo-") for rows in index.rows.values() for r in rows)
     references = {(r["param"], r["target_type"], r["target_id"]) for r in index.rows["reference"]}
-    assert references == {("subject", "Patient", "p1"), ("patient", "Patient", "p1")}
+    assert references == {("subject", "Patient", "p1")}  # `patient` is read from the subject rows
     dates = [(r["param"], r["low"], r["high"]) for r in index.rows["date"]]
     assert dates == [("date", datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 2, 23, 59, 59, 999999, tzinfo=UTC))]
     quantities = {(r["param"], r["value"], r["code"]) for r in index.rows["quantity"]}
