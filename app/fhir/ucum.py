@@ -76,10 +76,10 @@ class _Ucum:
 
     def __init__(self) -> None:
         import pint
-        import ucumvert
+        import ucumvert  # type: ignore[import-untyped]  # ucumvert has no py.typed and no stubs
         from lark import Token
         from ucumvert import UcumToPintTransformer, get_ucum_parser
-        from ucumvert.xml_util import get_units_with_full_definition
+        from ucumvert.xml_util import get_units_with_full_definition  # type: ignore[import-untyped]  # as above
 
         # UCUM's own table (ucum-essence.xml, shipped with ucumvert) says which units are arbitrary or special.
         definitions = get_units_with_full_definition()
@@ -88,7 +88,7 @@ class _Ucum:
         arbitrary = {u.code_cs: u.code_cs for u in definitions if u.is_arbitrary}
         arbitrary["[iU]"] = "[IU]"
 
-        registry = pint.UnitRegistry()
+        registry: pint.UnitRegistry[float] = pint.UnitRegistry()
         registry.load_definitions(Path(ucumvert.__file__).resolve().parent / "pint_ucum_defs.txt")
         # One base unit (with its own dimension) per arbitrary unit: ucumvert defines them all as 1, which
         # would make [IU]/mL equal to /mL.

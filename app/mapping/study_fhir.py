@@ -317,6 +317,7 @@ def _flat_characteristic(expression: Expression, *, exclude: bool) -> dict[str, 
     kind, node = expression.kind, expression.node
     if kind == "not":
         return _flat_characteristic(node, exclude=not exclude)
+    value: dict[str, Any]  # one value[x] entry: valueRange, valueCodeableConcept, valueBoolean or valueQuantity
     if kind == "age":
         value = {"valueRange": _age_range(node)}
         code = _concept(*AGE)

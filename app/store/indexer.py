@@ -328,7 +328,8 @@ def _reference_row(value: Any) -> Row | None:
     if not isinstance(value, dict):
         return None
     reference = value.get("reference")
-    identifier = value.get("identifier") if isinstance(value.get("identifier"), dict) else {}
+    raw_identifier = value.get("identifier")
+    identifier = raw_identifier if isinstance(raw_identifier, dict) else {}
     target_type = target_id = version = url = None
     if isinstance(reference, str):
         if "://" in reference:  # another server's (writes store references to this one relative)

@@ -186,6 +186,7 @@ class Store:
                 # Autocommit for this one statement: no BEGIN, and no ROLLBACK when the connection goes
                 # back to the pool. One round trip instead of three.
                 driver = raw.driver_connection
+                assert driver is not None  # None only once the pool has invalidated it; this one was just checked out
                 driver.autocommit = True
                 try:
                     row = driver.execute(self._read_sql, (resource_type, res_id)).fetchone()

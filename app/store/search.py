@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 import orjson
-from sqlalchemy import ColumnElement, Select, and_, exists, false, func, literal, not_, or_, select, true
+from sqlalchemy import ColumnElement, FromClause, Select, and_, exists, false, func, literal, not_, or_, select, true
 
 from app.fhir import ucum
 from app.fhir.dates import date_range
@@ -309,6 +309,18 @@ def _apply_result_parameter(
 # ------------------------------------------------------------------------------------------ compiling
 
 
+class _ColumnsByName(Protocol):
+    def __getattr__(self, name: str) -> ColumnElement[Any]: ...
+
+
+class _Table(Protocol):
+    """What the per-type conditions read: columns by name under `.c`. An index table (an alias of one), or
+    one component's view of a composite table under the single-type names (`_component_columns`)."""
+
+    @property
+    def c(self) -> _ColumnsByName: ...
+
+
 def _prefix(value: str) -> tuple[str, str]:
     if len(value) > 2 and value[:2] in PREFIXES and (value[2].isdigit() or value[2] in "-+."):
         return value[:2], value[2:]
@@ -316,7 +328,7 @@ def _prefix(value: str) -> tuple[str, str]:
 
 
 def _range_condition(
-    prefix: str, low: Any, high: Any, value_low: Any, value_high: Any, name: str
+    prefix: str, low: ColumnElement[Any], high: ColumnElement[Any], value_low: datetime, value_high: datetime, name: str
 ) -> ColumnElement[bool]:
     """FHIR's prefix semantics between a stored range [low, high] and a searched range [value_low, value_high]."""
     if prefix == "eq":
@@ -355,7 +367,7 @@ def _date_condition(low: Any, high: Any, raw: str, name: str) -> ColumnElement[b
     )
 
 
-def _number_condition(column: Any, raw: str, name: str) -> ColumnElement[bool]:
+def _number_condition(column: ColumnElement[Any], raw: str, name: str) -> ColumnElement[bool]:
     prefix, text = _prefix(raw)
     try:
         number = Decimal(text)
@@ -385,7 +397,7 @@ def _number_condition(column: Any, raw: str, name: str) -> ColumnElement[bool]:
     }[prefix]
 
 
-def _token_condition(table: Any, raw: str, modifier: str | None) -> ColumnElement[bool]:
+def _token_condition(table: _Table, raw: str, modifier: str | None) -> ColumnElement[bool]:
     if modifier == "text":
         return table.c.text.like(_like_prefix(normalize_text(raw)) + "%", escape="\\")
     if "|" in raw:
@@ -398,7 +410,7 @@ def _token_condition(table: Any, raw: str, modifier: str | None) -> ColumnElemen
     return table.c.code == raw
 
 
-def _of_type_condition(table: Any, raw: str, name: str) -> ColumnElement[bool]:
+def _of_type_condition(table: _Table, raw: str, name: str) -> ColumnElement[bool]:
     """`identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|MR|12345`."""
     parts = raw.split("|")
     if len(parts) != 3 or not all(parts):
@@ -415,7 +427,7 @@ def _like_prefix(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _string_condition(table: Any, raw: str, modifier: str | None) -> ColumnElement[bool]:
+def _string_condition(table: _Table, raw: str, modifier: str | None) -> ColumnElement[bool]:
     if modifier == "exact":
         return table.c.exact == raw
     needle = _like_prefix(normalize_text(raw))
@@ -424,7 +436,7 @@ def _string_condition(table: Any, raw: str, modifier: str | None) -> ColumnEleme
     return table.c.value.like(f"{needle}%", escape="\\")
 
 
-def _reference_condition(table: Any, param: SearchParameter, raw: str, modifier: str | None) -> ColumnElement[bool]:
+def _reference_condition(table: _Table, param: SearchParameter, raw: str, modifier: str | None) -> ColumnElement[bool]:
     if modifier == "identifier":
         system, _, value = raw.rpartition("|")
         condition = table.c.identifier_value == value
@@ -446,7 +458,9 @@ def _reference_condition(table: Any, param: SearchParameter, raw: str, modifier:
     return and_(table.c.target_type == target_type, table.c.target_id == target_id)
 
 
-def _canonical_condition(column: Any, raw: str, conversion: ucum.Conversion, name: str) -> ColumnElement[bool]:
+def _canonical_condition(
+    column: ColumnElement[Any], raw: str, conversion: ucum.Conversion, name: str
+) -> ColumnElement[bool]:
     """`_number_condition`'s prefix semantics on `column` (canonical values), for a number given in a UCUM unit.
 
     The searched number, its implicit precision range (100 is [99.5, 100.5)) and the `ap` range are
@@ -494,7 +508,7 @@ def _canonical_condition(column: Any, raw: str, conversion: ucum.Conversion, nam
     raise bad_request(f"Unknown prefix {prefix!r} in {name}.", name)
 
 
-def _quantity_condition(table: Any, raw: str, name: str) -> ColumnElement[bool]:
+def _quantity_condition(table: _Table, raw: str, name: str) -> ColumnElement[bool]:
     """`number`, `number|system|code`, `number||code`. With the UCUM system and a convertible code, the
     comparison is on the canonical form (`app.fhir.ucum`): 3900 pg/mL matches `gt3.7|<ucum>|ng/mL`.
     Otherwise (no unit, another system, a code UCUM cannot convert) it is on the value and the code as written."""
@@ -532,7 +546,7 @@ def param_rows(table: Any, resource_type: str, name: str, suffix: str = "") -> C
     return condition
 
 
-def _chain_condition(resource_type: str, criterion: Criterion, res: Any) -> ColumnElement[bool]:
+def _chain_condition(resource_type: str, criterion: Criterion, res: FromClause) -> ColumnElement[bool]:
     """`subject:Patient.identifier=x`: resources whose subject is a Patient matching identifier=x."""
     assert criterion.chain is not None
     refs = INDEX_TABLES["reference"].alias()
@@ -550,7 +564,7 @@ def _chain_condition(resource_type: str, criterion: Criterion, res: Any) -> Colu
     return res.c.res_id.in_(referring)
 
 
-def _has_condition(resource_type: str, criterion: Criterion, res: Any) -> ColumnElement[bool]:
+def _has_condition(resource_type: str, criterion: Criterion, res: FromClause) -> ColumnElement[bool]:
     """`_has:Observation:patient:code=x`: resources some Observation with code x refers to by `patient`."""
     source_type, ref_param, inner_name = (criterion.modifier or "").split(":", 2)
     inner = _criterion(inner_name, criterion.values)
@@ -567,7 +581,7 @@ def _has_condition(resource_type: str, criterion: Criterion, res: Any) -> Column
     return res.c.res_id.in_(referred)
 
 
-def _component_columns(table: Any, prefix: str) -> Any:
+def _component_columns(table: _Table, prefix: str) -> _Table:
     """The composite table's columns for one component, under the names the single-type conditions use."""
     names = ("system", "code", "value", "unit", "canonical_value", "canonical_code", "low", "high", "text")
     columns = {n: getattr(table.c, f"{prefix}_{n}") for n in names if hasattr(table.c, f"{prefix}_{n}")}
@@ -575,7 +589,7 @@ def _component_columns(table: Any, prefix: str) -> Any:
 
 
 def _composite_condition(
-    resource_type: str, table: Any, param: SearchParameter, raw: str, name: str
+    resource_type: str, table: _Table, param: SearchParameter, raw: str, name: str
 ) -> ColumnElement[bool]:
     """`code-value-quantity=http://loinc.org|8480-6$gt140`: both parts must hold in the same element."""
     parts = re.split(r"(?<!\\)\$", raw)
@@ -605,7 +619,7 @@ def _composite_condition(
 
 
 def _criterion_condition(
-    resource_type: str, criterion: Criterion, res: Any = resource_table, *, drives: bool = True
+    resource_type: str, criterion: Criterion, res: FromClause = resource_table, *, drives: bool = True
 ) -> ColumnElement[bool]:
     """The condition on `res` (the resource table or an alias of it) that one criterion imposes.
 
@@ -669,7 +683,7 @@ def _criterion_condition(
     return not_(membership) if modifier == "not" else membership
 
 
-def _membership(table: Any, condition: ColumnElement[bool], res: Any, drives: bool) -> ColumnElement[bool]:
+def _membership(table: _Table, condition: ColumnElement[bool], res: FromClause, drives: bool) -> ColumnElement[bool]:
     if drives:
         return res.c.res_id.in_(select(table.c.res_id).where(condition))
     return exists(

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi.testclient import TestClient
+
+if TYPE_CHECKING:
+    # TestClient.get's own `params` type (httpx2 exports no public alias): a dict, or (name, value) pairs
+    # for a repeated name. Mirrored rather than narrowed to list[tuple[str, str]], which `list`'s
+    # invariance would make incompatible with httpx2's list[tuple[str, str | int | float | bool | None]].
+    from httpx2._types import QueryParamTypes
 
 
 def put(client: TestClient, resource: dict[str, Any]) -> None:
@@ -13,7 +19,7 @@ def put(client: TestClient, resource: dict[str, Any]) -> None:
     assert response.status_code == 201, response.json()
 
 
-def match_ids(client: TestClient, path: str, params: dict[str, str] | list[tuple[str, str]]) -> set[str]:
+def match_ids(client: TestClient, path: str, params: QueryParamTypes) -> set[str]:
     """The ids of the `match` entries of a search (not includes, not outcomes); the search must succeed."""
     response = client.get(f"/fhir/{path}", params=params)
     assert response.status_code == 200, response.json()
