@@ -109,7 +109,7 @@ def _aliases(resource_type: str) -> dict[str, StoredAs]:
     - a reference restricted to target types (Observation `patient` = `subject.where(resolve() is Patient)`)
       as the unrestricted parameter's rows with those targets.
 
-    R4 has ~65 of these; at ingest they were a third of an Observation's index rows. Search reads the rows
+    R4 has 64 of these; at ingest they were a third of an Observation's index rows. Search reads the rows
     through `stored_as`."""
     shaped: dict[str, tuple[tuple[Any, ...], frozenset[SearchPath]]] = {}
     for p in search_parameters(resource_type).values():
@@ -164,7 +164,9 @@ def _plan(resource_type: str) -> _Plan:
             for path in p.paths:
                 grouped.setdefault(path.keys[0], []).append((p.code, p.type, path))
     # A compartment parameter stored as another's rows: those rows place the resource (when they are a Patient's).
-    compartment = {code for param in patient_compartment(resource_type) for code in stored_as_in(aliases, param).params}
+    compartment = {
+        code for param in patient_compartment(resource_type) for code in _stored_as_in(aliases, param).params
+    }
     return _Plan(
         {k: tuple(v) for k, v in grouped.items()},
         tuple(composites),
@@ -174,14 +176,14 @@ def _plan(resource_type: str) -> _Plan:
     )
 
 
-def stored_as_in(aliases: dict[str, StoredAs], code: str) -> StoredAs:
+def _stored_as_in(aliases: dict[str, StoredAs], code: str) -> StoredAs:
     return aliases.get(code) or StoredAs((code,))
 
 
 def stored_as(resource_type: str, code: str) -> StoredAs:
     """Where the index rows of `code` are: its own, except for a synonym, a union or a target-restricted
     reference (see `_aliases`). Every query of index rows by parameter goes through this."""
-    return stored_as_in(_plan(resource_type).stored_as, code)
+    return _stored_as_in(_plan(resource_type).stored_as, code)
 
 
 def indexed_parameters(resource_type: str) -> dict[str, SearchParameter]:
