@@ -33,7 +33,12 @@ evaluator's tolerance: equal when |a - b| <= RELATIVE_TOLERANCE * max(|a|, |b|).
 from __future__ import annotations
 
 import calendar
-from collections.abc import Callable, Iterable, Sequence
+import itertools
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -81,11 +86,40 @@ PASS, FAIL, UNDECIDED = (next(code for code, name in OUTCOME_CODES.items() if na
                          for outcome in ("pass", "fail", "unknown"))  # fmt: skip
 
 PATIENT_IDS = "patient_ids"  # the expanding bind parameter restricting the population
+
+
+@dataclass(frozen=True, slots=True)
+class PatientRange:
+    """A shard of the population: Patient ids from `low` (inclusive) to `high` (exclusive), None: unbounded."""
+
+    low: str | None
+    high: str | None
+
+    def holds(self, column: Any) -> ColumnElement[bool]:
+        bounds: list[ColumnElement[bool]] = []
+        if self.low is not None:
+            bounds.append(column >= bindparam(None, self.low, type_=String))
+        if self.high is not None:
+            bounds.append(column < bindparam(None, self.high, type_=String))
+        return and_(true(), *bounds)
+
+
 # PostgreSQL settings for a whole-population screening (transaction-local): its joins and aggregates span
 # every candidate, where hash joins in memory win; the planner's row estimates for the candidate CTEs are
 # far too low and would otherwise pick nested loops of index look-ups. (Turning bitmap scans off too, so the
 # covering code index answers alone, was measured: slower at 100,000 patients, no better at 1,000,000.)
 POPULATION_SETTINGS = ("SET LOCAL work_mem = '256MB'", "SET LOCAL enable_nestloop = off")
+
+# A whole-population screening on PostgreSQL runs in shards: ranges of Patient ids, one statement each on its
+# own connection, `parallel` at a time. One statement keeps about one core busy (PostgreSQL parallelises the
+# scans of a plan, not the windows, aggregates and joins above them, where the time goes); shards keep every
+# core busy, and each shard's sorts and hash tables are smaller. Every shard reads the snapshot the
+# coordinating transaction exports (as `pg_dump --jobs` does): the counts are those of one moment even while
+# bundles are being written. Within a shard, PostgreSQL's own parallel workers only compete with the other
+# shards for the same cores, so they are turned off when shards run side by side.
+SHARD_PATIENTS = 50_000  # at most this many patients per shard (bench/README.md: eligibility.py)
+SHARD_SETTINGS = ("SET LOCAL max_parallel_workers_per_gather = 0",)
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+-[0-9]+")
 
 
 def _instant(day: date) -> datetime:
@@ -224,12 +258,21 @@ class ScreeningCompiler:
     facts with the leaf's number, and one scoring pass per type (CASE on the leaf number) giving (leaf,
     patient_id, score) rows, which `compile_screening` pivots per patient."""
 
-    def __init__(self, dialect: str, as_of: date, study_reference: str, *, restrict_patients: bool = False) -> None:
+    def __init__(
+        self,
+        dialect: str,
+        as_of: date,
+        study_reference: str,
+        *,
+        restrict_patients: bool = False,
+        patient_range: PatientRange | None = None,
+    ) -> None:
         self.sql = _Dialect(dialect)
         self.as_of = as_of
         key = ref.reference_key(study_reference) or study_reference
         self.study_type, _, self.study_id = key.rpartition("/")
         self.restrict = restrict_patients
+        self.range = patient_range
         self.next_day = self.sql.instant(as_of + timedelta(days=1))  # data dated on or after it is future
         self.specs: list[_Spec] = []
         self.missing: list[bool | None] = []
@@ -254,8 +297,14 @@ class ScreeningCompiler:
     # ------------------------------------------------------------------------------------------ helpers
 
     def patients(self, column: Any) -> ColumnElement[bool]:
-        """`column` (a Patient id) is one of the patients asked for (always true for the whole population)."""
-        return column.in_(bindparam(PATIENT_IDS, expanding=True)) if self.restrict else true()
+        """`column` (a Patient id) is one of the patients asked for, or in the shard's id range (always true
+        for the whole population)."""
+        if self.restrict:
+            listed: ColumnElement[bool] = column.in_(bindparam(PATIENT_IDS, expanding=True))
+            return listed
+        if self.range is not None:
+            return self.range.holds(column)
+        return true()
 
     def scoped(self, table: Any, resource_type: str, param: str | Sequence[str]) -> Select[Any]:
         """`select().select_from(...)` over a table's index rows of one type and parameter(s). For a list of
@@ -263,10 +312,11 @@ class ScreeningCompiler:
         (res_type, res_id) index: a few patients cost a few look-ups, not a scan of the parameter's rows
         (the index tables have no patient index)."""
         rows = self._rows(table, resource_type, param)
-        if not self.restrict:
-            return select().select_from(table).where(rows)
         if resource_type == "Patient":
             return select().select_from(table).where(rows, self.patients(table.c.res_id))
+        if not self.restrict:
+            # whole population or a shard: another shard's rows find no patient in the population's outer join
+            return select().select_from(table).where(rows)
         owner = resource_table.alias("owner")
         joined = owner.join(table, and_(table.c.res_type == owner.c.res_type, table.c.res_id == owner.c.res_id))
         return (
@@ -856,6 +906,7 @@ def compile_screening(
     dialect: str,
     *,
     patient_ids: Sequence[str] | None = None,
+    patient_range: PatientRange | None = None,
     status: str | None = None,
     after: str | None = None,
     limit: int | None = None,
@@ -864,7 +915,9 @@ def compile_screening(
     and the status; returns the counts per status over that population and the page of rows (ordered by
     patient id, after `after`, with `status` when given, at most `limit`)."""
     listed = list(criteria.criteria if isinstance(criteria, c.Eligibility) else criteria)
-    compiler = ScreeningCompiler(dialect, as_of, study_reference, restrict_patients=patient_ids is not None)
+    compiler = ScreeningCompiler(
+        dialect, as_of, study_reference, restrict_patients=patient_ids is not None, patient_range=patient_range
+    )
     trees = {criterion.id: compiler.expression(criterion.expression) for criterion in listed if criterion.expression}
     computable = tuple(trees)
     manual = tuple(criterion.id for criterion in listed if criterion.expression is None)
@@ -960,11 +1013,15 @@ def screen(
     status: Status | str | None = None,
     after: str | None = None,
     limit: int | None = None,
+    parallel: int | None = None,
+    shard_patients: int = SHARD_PATIENTS,
 ) -> Screening:
     """Every stored Patient (or those of `patient_ids`) against the criteria on `as_of`, for `study_reference`
-    (`ResearchStudy/depil-2`: taking part in it is not 'another study'), in one statement: the counts per
-    status over that population, and the page of patients after the id `after`, with `status` when given,
-    at most `limit` of them, ordered by patient id."""
+    (`ResearchStudy/depil-2`: taking part in it is not 'another study'): the counts per status over that
+    population, and the page of patients after the id `after`, with `status` when given, at most `limit` of
+    them, ordered by patient id. One statement, or on PostgreSQL given an engine and the whole population, one
+    per shard of at most `shard_patients` patients, `parallel` at a time (default: one per core), all reading
+    one snapshot."""
     if status is not None and status not in STATUSES:
         raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
     if limit is not None and limit < 0:
@@ -973,20 +1030,47 @@ def screen(
     if patient_ids is not None and not patient_ids:
         return Screening(dict.fromkeys(STATUSES, 0), [])
     if isinstance(conn_or_engine, Engine):
-        with conn_or_engine.connect() as conn:
-            if conn.dialect.name == "postgresql" and patient_ids is None:
-                for setting in POPULATION_SETTINGS:  # gone when the connection's transaction ends
-                    conn.exec_driver_sql(setting)
+        engine = conn_or_engine
+        if engine.dialect.name == "postgresql" and patient_ids is None:
+            return _screen_shards(
+                engine,
+                listed,
+                as_of,
+                study_reference,
+                parallel=parallel or default_parallel(),
+                shard_patients=shard_patients,
+                status=status,
+                after=after,
+                limit=limit,
+            )
+        with engine.connect() as conn:
             return screen(
                 conn, listed, as_of, study_reference, patient_ids=patient_ids, status=status, after=after, limit=limit
             )
-    conn = conn_or_engine
+    return _screen_on(
+        conn_or_engine, listed, as_of, study_reference, patient_ids=patient_ids, status=status, after=after, limit=limit
+    )
+
+
+def _screen_on(
+    conn: Connection,
+    listed: Sequence[c.Criterion],
+    as_of: date,
+    study_reference: str,
+    *,
+    patient_ids: Sequence[str] | None = None,
+    patient_range: PatientRange | None = None,
+    status: str | None = None,
+    after: str | None = None,
+    limit: int | None = None,
+) -> Screening:
     compiled = compile_screening(
         listed,
         as_of,
         study_reference,
         conn.dialect.name,
         patient_ids=patient_ids,
+        patient_range=patient_range,
         status=status,
         after=after,
         limit=limit,
@@ -995,12 +1079,107 @@ def screen(
     return read_screening(rows, compiled.computable, listed)
 
 
+def default_parallel() -> int:
+    """Shards run side by side by default: one per core this process may use (the database is on the same
+    machine in the default deployment; `TRIALBRIDGE_SCREENING_PARALLEL` says otherwise)."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def shard_count(patients: int, parallel: int, shard_patients: int = SHARD_PATIENTS) -> int:
+    """Shards for `patients`: at most `shard_patients` each, a multiple of `parallel` so that the last round
+    keeps every connection busy, and no more shards than patients."""
+    if patients <= 1 or (parallel <= 1 and patients <= shard_patients):
+        return 1
+    needed = max(parallel, -(-patients // shard_patients))
+    return min(patients, -(-needed // parallel) * parallel)
+
+
+def shard_ranges(conn: Connection, shards: int) -> list[PatientRange]:
+    """`shards` ranges of live Patient ids of (nearly) equal size, in id order; fewer when ids run out."""
+    if shards <= 1:
+        return [PatientRange(None, None)]
+    patients = resource_table.alias("patient")
+    tiles = (
+        select(patients.c.res_id, func.ntile(shards).over(order_by=patients.c.res_id).label("tile"))
+        .where(patients.c.res_type == "Patient", patients.c.deleted == false())
+        .subquery("tiles")
+    )
+    first_ids = func.min(tiles.c.res_id)
+    starts = list(conn.execute(select(first_ids).group_by(tiles.c.tile).order_by(first_ids)).scalars())
+    bounds: list[str | None] = [None, *starts[1:], None]
+    return [PatientRange(low, high) for low, high in itertools.pairwise(bounds)]
+
+
+def _live_patients(conn: Connection) -> int:
+    patients = resource_table.alias("patient")
+    query = select(func.count()).where(patients.c.res_type == "Patient", patients.c.deleted == false())
+    return int(conn.execute(query).scalar_one())
+
+
+@contextmanager
+def population_snapshot(engine: Engine) -> Iterator[tuple[Connection, str]]:
+    """A REPEATABLE READ transaction on PostgreSQL and the id of the snapshot it exports, which other
+    connections adopt with `adopt_snapshot` while this context is open."""
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+        snapshot = str(conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one())
+        yield conn, snapshot
+
+
+def adopt_snapshot(conn: Connection, snapshot: str) -> None:
+    """Make `conn`'s transaction (REPEATABLE READ, nothing run in it yet) read `snapshot`."""
+    if not _SNAPSHOT_ID.fullmatch(snapshot):  # a utility statement: no bound parameters, so checked here
+        raise ValueError(f"not a PostgreSQL snapshot id: {snapshot!r}")
+    conn.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+
+
+def _screen_shards(
+    engine: Engine,
+    listed: Sequence[c.Criterion],
+    as_of: date,
+    study_reference: str,
+    *,
+    parallel: int,
+    shard_patients: int,
+    status: str | None,
+    after: str | None,
+    limit: int | None,
+) -> Screening:
+    def run(conn: Connection, patient_range: PatientRange | None, settings: Sequence[str]) -> Screening:
+        for setting in settings:  # transaction-local: gone when the connection's transaction ends
+            conn.exec_driver_sql(setting)
+        return _screen_on(
+            conn, listed, as_of, study_reference, patient_range=patient_range, status=status, after=after, limit=limit
+        )
+
+    with population_snapshot(engine) as (coordinator, snapshot):
+        shards = shard_count(_live_patients(coordinator), parallel, shard_patients)
+        if shards == 1:
+            return run(coordinator, None, POPULATION_SETTINGS)
+        ranges = shard_ranges(coordinator, shards)
+
+        def run_shard(patient_range: PatientRange) -> Screening:
+            with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+                adopt_snapshot(conn, snapshot)
+                return run(conn, patient_range, (*POPULATION_SETTINGS, *SHARD_SETTINGS))
+
+        with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="screening") as pool:
+            parts = list(pool.map(run_shard, ranges))
+    counts = {name: sum(part.counts[name] for part in parts) for name in STATUSES}
+    rows = [row for part in parts for row in part.rows]  # each shard's page, in id order
+    return Screening(counts, rows if limit is None else rows[:limit])
+
+
 __all__ = [
+    "SHARD_PATIENTS",
     "CompiledScreening",
+    "PatientRange",
     "Screening",
     "ScreeningCompiler",
     "age_cutoff",
     "compile_screening",
     "kleene_score",
+    "population_snapshot",
     "screen",
+    "shard_count",
+    "shard_ranges",
 ]

@@ -135,7 +135,6 @@ idx_composite = _index_table(
 )
 
 FACT_COVERED = (
-    "patient_id",
     "status",
     "clinical_status",
     "lo",
@@ -178,6 +177,7 @@ clinical_fact = Table(
         "res_type",
         "code",
         "system",
+        "patient_id",  # a shard of a screening reads its own patients' rows of a coding (migration 0007)
         postgresql_ops={"code": "text_pattern_ops"},
         postgresql_include=list(FACT_COVERED),
     ),

@@ -1,0 +1,166 @@
+"""A whole-population screening on PostgreSQL runs in shards of Patient id ranges on several connections, all
+reading one exported snapshot: whatever the number of shards, the counts, rows and pages equal those of the
+single statement, every live patient is in exactly one shard, and writes made after the screening began are
+not seen by any shard."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from app.eligibility.population import Screening
+from app.eligibility.sql import (
+    adopt_snapshot,
+    population_snapshot,
+    screen,
+    shard_count,
+    shard_ranges,
+)
+from app.fhir import bundle as bundles
+from app.mapping.study_spec import StudySpec, load_studies
+from app.store.db import make_engine, migrate
+from app.store.repository import Store
+from app.store.schema import metadata
+from app.synthetic.generator import HOSPITAL_BUNDLE
+
+ROOT = Path(__file__).resolve().parents[2]
+D = date(2026, 11, 1)
+STUDY = "ResearchStudy/depil-2"
+BASE_URL = "http://testserver/fhir"
+
+
+@pytest.fixture(scope="module")
+def pg_store(postgres_url: str) -> Iterator[Store]:
+    """The hospital population on PostgreSQL (the only backend that shards), loaded once: the tests that
+    write (a deletion, a new patient) compare with the live population rather than the fixture's 150."""
+    engine = make_engine(postgres_url)
+    migrate(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"TRUNCATE {', '.join(table.name for table in metadata.sorted_tables)}")
+    store = Store(engine)
+    bundle = json.loads((ROOT / "fixtures" / HOSPITAL_BUNDLE).read_text(encoding="utf-8"))
+    bundles.process(store, copy.deepcopy(bundle), bundles.BundleOptions(BASE_URL))
+    yield store
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def depil2() -> StudySpec:
+    spec = load_studies(ROOT / "mappings" / "studies").find("depil-2")
+    assert spec is not None
+    return spec
+
+
+def one_statement(engine: Engine, spec: StudySpec, **page: object) -> Screening:
+    """The same screening as a single statement (a Connection is never sharded)."""
+    with engine.connect() as conn:
+        return screen(conn, spec.eligibility, D, STUDY, **page)  # type: ignore[arg-type]
+
+
+def live_patient_ids(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT res_id FROM resource WHERE res_type = 'Patient' AND deleted = false ORDER BY res_id"
+        )
+        return [row[0] for row in rows]
+
+
+@pytest.mark.parametrize(
+    ("patients", "parallel", "per_shard", "expected"),
+    [
+        (0, 4, 10, 1),  # nobody: one (empty) statement
+        (1, 4, 10, 1),
+        (9, 1, 10, 1),  # one connection and one shard's worth
+        (25, 1, 10, 3),  # one connection: shards only to bound their size
+        (9, 2, 10, 2),  # two connections: at least two shards
+        (25, 2, 10, 4),  # three needed, rounded up to a multiple of the connections
+        (3, 8, 10, 3),  # never more shards than patients
+        (1_000_000, 2, 50_000, 20),
+    ],
+)
+def test_shard_count(patients: int, parallel: int, per_shard: int, expected: int) -> None:
+    assert shard_count(patients, parallel, per_shard) == expected
+
+
+@pytest.mark.parametrize("shards", [1, 2, 7, 150, 400])
+def test_shard_ranges_hold_every_live_patient_once_in_id_order(pg_store: Store, shards: int) -> None:
+    ids = live_patient_ids(pg_store.engine)
+    assert len(ids) >= 100
+    with pg_store.engine.connect() as conn:
+        ranges = shard_ranges(conn, shards)
+    assert len(ranges) == min(shards, len(ids))
+    assert ranges[0].low is None and ranges[-1].high is None
+    assert all(left.high == right.low for left, right in itertools.pairwise(ranges))  # contiguous
+    held = [[i for i in ids if (r.low is None or i >= r.low) and (r.high is None or i < r.high)] for r in ranges]
+    assert [i for part in held for i in part] == ids  # each id once, shards in id order
+    assert max(map(len, held)) - min(map(len, held)) <= 1  # equal sizes
+
+
+@pytest.mark.parametrize(("parallel", "per_shard"), [(1, 40), (2, 1_000), (3, 7)])
+def test_sharded_screening_equals_the_single_statement(
+    pg_store: Store, depil2: StudySpec, parallel: int, per_shard: int
+) -> None:
+    engine = pg_store.engine
+    whole = one_statement(engine, depil2)
+    sharded = screen(engine, depil2.eligibility, D, STUDY, parallel=parallel, shard_patients=per_shard)
+    assert sharded.counts == whole.counts and sharded.total == len(live_patient_ids(engine))
+    assert sharded.rows == whole.rows
+    assert all(whole.counts.values())  # the fixture has eligible, ineligible and incomplete patients
+
+
+@pytest.mark.parametrize("status", [None, "ineligible", "incomplete"])
+def test_sharded_pages_cross_shard_boundaries(pg_store: Store, depil2: StudySpec, status: str | None) -> None:
+    """Four shards of ~38 patients, pages of 25: pages start and end inside shards and span two."""
+    engine = pg_store.engine
+    whole = one_statement(engine, depil2)
+    pages, after = [], None
+    while True:
+        page = screen(
+            engine, depil2.eligibility, D, STUDY, status=status, after=after, limit=25, parallel=2, shard_patients=40
+        )
+        assert page.counts == whole.counts
+        assert page.rows == one_statement(engine, depil2, status=status, after=after, limit=25).rows
+        pages += page.rows
+        after = page.next_after(25)
+        if after is None:
+            break
+    assert pages == [row for row in whole.rows if status is None or row.status == status]
+
+
+def test_deleted_patients_are_in_no_shard(pg_store: Store, depil2: StudySpec) -> None:
+    ids = live_patient_ids(pg_store.engine)
+    with pg_store.transaction() as tx:
+        for patient_id in ids[::10]:
+            tx.delete("Patient", patient_id)
+    sharded = screen(pg_store.engine, depil2.eligibility, D, STUDY, parallel=2, shard_patients=9)
+    assert sharded.total == len(ids) - len(ids[::10])
+    assert {row.patient_id for row in sharded.rows} == set(ids) - set(ids[::10])
+    assert sharded.rows == one_statement(pg_store.engine, depil2).rows
+
+
+def test_every_shard_reads_the_snapshot_of_the_screenings_start(pg_store: Store) -> None:
+    engine = pg_store.engine
+    with population_snapshot(engine) as (coordinator, snapshot):
+        before = len(live_patient_ids(engine))
+        with pg_store.transaction() as tx:  # committed after the export
+            tx.create("Patient", {"resourceType": "Patient", "birthDate": "1980-01-01"})
+        assert len(live_patient_ids(engine)) == before + 1  # a fresh transaction sees it
+        with engine.connect().execution_options(isolation_level="REPEATABLE READ") as shard:
+            adopt_snapshot(shard, snapshot)
+            seen = shard.exec_driver_sql(
+                "SELECT count(*) FROM resource WHERE res_type = 'Patient' AND deleted = false"
+            ).scalar_one()
+        assert seen == before
+        assert shard_ranges(coordinator, 400)[-1].high is None and len(shard_ranges(coordinator, 400)) == before
+
+
+def test_a_snapshot_id_is_checked_before_it_reaches_sql(pg_store: Store) -> None:
+    with pg_store.engine.connect() as conn, pytest.raises(ValueError, match="snapshot"):
+        adopt_snapshot(conn, "00000003-0000001B-1'; DROP TABLE resource; --")
