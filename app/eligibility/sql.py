@@ -86,6 +86,8 @@ PASS, FAIL, UNDECIDED = (next(code for code, name in OUTCOME_CODES.items() if na
                          for outcome in ("pass", "fail", "unknown"))  # fmt: skip
 
 PATIENT_IDS = "patient_ids"  # the expanding bind parameter restricting the population
+# The alternatives a fact row's coding may match to count for a leaf (their OR), each one range of the code index.
+Matcher = Callable[[Any], list[ColumnElement[bool]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,8 +331,9 @@ class ScreeningCompiler:
         names = [param] if isinstance(param, str) else list(param)
         return or_(*(param_rows(table, resource_type, name) for name in names))
 
-    def _codes(self, table: Any, refs: Sequence[c.CodeRef]) -> ColumnElement[bool]:
-        """A token row matching one of `refs` (exact codes grouped per system, prefixes, ICD-10 blocks)."""
+    def _codes(self, table: Any, refs: Sequence[c.CodeRef]) -> list[ColumnElement[bool]]:
+        """The alternatives of a row's coding matching one of `refs`: exact codes grouped per system, prefixes,
+        ICD-10 blocks, each one range of the code index."""
         exact: dict[str, list[str]] = {}
         parts: list[ColumnElement[bool]] = []
         for code_ref in refs:
@@ -344,17 +347,17 @@ class ScreeningCompiler:
                 exact.setdefault(code_ref.system, []).append(code_ref.code)
         for system, codes in exact.items():
             parts.insert(0, and_(table.c.system == system, table.c.code.in_(codes)))
-        return or_(*parts)
+        return parts
 
-    def _pregnancy_code(self, token: Any, lactation: bool) -> ColumnElement[bool]:
-        """`reference.is_pregnancy_code` on a token row."""
+    def _pregnancy_code(self, token: Any, lactation: bool) -> list[ColumnElement[bool]]:
+        """`reference.is_pregnancy_code` on a fact row, as alternatives (SNOMED, ICD-10)."""
         prefixes = ["O", "Z33", "Z34"] + (["Z39.1"] if lactation else [])
         icd10 = and_(
             token.c.system.in_(list(rules.ICD10_SYSTEMS)), or_(*(self.sql.prefix(token.c.code, p) for p in prefixes))
         )
         if not lactation:
             icd10 = and_(icd10, ~self.sql.prefix(token.c.code, "O92"))
-        return or_(and_(token.c.system == rules.SNOMED, token.c.code == rules.PREGNANCY_SNOMED), icd10)
+        return [and_(token.c.system == rules.SNOMED, token.c.code == rules.PREGNANCY_SNOMED), icd10]
 
     @staticmethod
     def _missing(node: Any) -> bool | None:
@@ -368,34 +371,44 @@ class ScreeningCompiler:
     def _facts(
         self,
         resource_type: str,
-        uses: Sequence[tuple[int, Callable[[Any], ColumnElement[bool]], Callable[[Any], ColumnElement[bool]] | None]],
+        uses: Sequence[tuple[int, Matcher, Matcher | None]],
         name: str,
         columns: Sequence[str] = (),
     ) -> CTE:
         """(leaf, patient_id, status, lo, hi, *columns) of the fact rows of every leaf reading the type (`leaf`:
         its number): rows whose coding matches the leaf's codes, of resources with no coding matching its
-        exceptions; one range scan of the code index per leaf. A resource coded twice for a leaf (local and
-        standard coding) gives two rows with the same values: every score below is a maximum or keeps one
-        row, so that is harmless."""
-        selects = []
+        exceptions; one range scan of the code index per alternative of a leaf's codes (a UNION ALL, not an OR:
+        PostgreSQL answers an OR of ranges with bitmap scans that visit the table, a range alone from the
+        covering index). A resource coded twice for a leaf (local and standard coding, or codes in two of its
+        alternatives) gives two rows with the same values: every score below is a maximum or keeps one row, so
+        that is harmless."""
+        selected = ("patient_id", "status", "lo", "hi", *columns)
+        selects: list[Select[Any]] = []
         for leaf, match, excluded in uses:
             fact = clinical_fact.alias("fact")
-            query = select(
-                literal(leaf).label("leaf"),
-                *(fact.c[column] for column in ("patient_id", "status", "lo", "hi", *columns)),
-            ).where(fact.c.res_type == resource_type, self.patients(fact.c.patient_id), match(fact))
-            if excluded is not None:
-                exception = clinical_fact.alias("exception")
-                query = query.where(
-                    fact.c.res_id.not_in(
-                        select(exception.c.res_id).where(
-                            exception.c.res_type == resource_type,
-                            self.patients(exception.c.patient_id),
-                            excluded(exception),
-                        )
-                    )
+            returned = [fact.c[column] for column in selected] + ([fact.c.res_id] if excluded is not None else [])
+            candidates = [
+                select(literal(leaf).label("leaf"), *returned).where(
+                    fact.c.res_type == resource_type, self.patients(fact.c.patient_id), alternative
                 )
-            selects.append(query)
+                for alternative in match(fact)
+            ]
+            if excluded is None:
+                selects += candidates
+                continue
+            exception = clinical_fact.alias("exception")
+            exceptions = [
+                select(exception.c.res_id).where(
+                    exception.c.res_type == resource_type, self.patients(exception.c.patient_id), alternative
+                )
+                for alternative in excluded(exception)
+            ]
+            coded = (union_all(*candidates) if len(candidates) > 1 else candidates[0]).subquery(f"leaf{leaf}")
+            selects.append(
+                select(coded.c.leaf, *(coded.c[column] for column in selected)).where(
+                    coded.c.res_id.not_in(union_all(*exceptions) if len(exceptions) > 1 else exceptions[0])
+                )
+            )
         return (union_all(*selects) if len(selects) > 1 else selects[0]).cte(name)
 
     @staticmethod
@@ -403,7 +416,7 @@ class ScreeningCompiler:
         """The fact's status is not one of `codes` (none recorded counts too: SQL's NOT IN would drop it)."""
         return or_(status.is_(None), status.not_in(sorted(codes)))
 
-    def _observation_values(self, uses: Sequence[tuple[int, Callable[[Any], ColumnElement[bool]]]], name: str) -> CTE:
+    def _observation_values(self, uses: Sequence[tuple[int, Matcher]], name: str) -> CTE:
         """The candidates of observation leaves (`leaf`: its number; a pregnancy's hCG: -1 - its number):
         Observations with a status that counts, not future-dated, with their date span (lo: first instant, hi:
         last), value-quantity (q_value, q_system, q_code, and canonical: q_canonical_value, q_canonical_code)
@@ -434,7 +447,7 @@ class ScreeningCompiler:
 
     def _conditions(
         self,
-        uses: Sequence[tuple[int, Callable[[Any], ColumnElement[bool]], Callable[[Any], ColumnElement[bool]] | None]],
+        uses: Sequence[tuple[int, Matcher, Matcher | None]],
     ) -> CTE:
         """The candidates of every condition leaf (`leaf`: its number; a pregnancy's: -1 - its number): Conditions
         not refuted or entered-in-error, not future-dated, with their date span (onset-date, else recorded-date)
@@ -528,9 +541,7 @@ class ScreeningCompiler:
                 sources.append((self._observation_scores(positives, readings, judged, "positive"), _numbers(positives)))
         condition_source = None
         if conditions or pregnancies:
-            condition_uses: list[
-                tuple[int, Callable[[Any], ColumnElement[bool]], Callable[[Any], ColumnElement[bool]] | None]
-            ] = [
+            condition_uses: list[tuple[int, Matcher, Matcher | None]] = [
                 (
                     spec.number,
                     self._matcher(spec.node.codes),
@@ -580,21 +591,21 @@ class ScreeningCompiler:
             return null(), null()
         return case(*meets, else_=null()), case(*ranks, else_=null())
 
-    def _matcher(self, refs: Sequence[c.CodeRef]) -> Callable[[Any], ColumnElement[bool]]:
-        def match(token: Any) -> ColumnElement[bool]:
+    def _matcher(self, refs: Sequence[c.CodeRef]) -> Matcher:
+        def match(token: Any) -> list[ColumnElement[bool]]:
             return self._codes(token, refs)
 
         return match
 
-    def _pregnancy_matcher(self, lactation: bool) -> Callable[[Any], ColumnElement[bool]]:
-        def match(token: Any) -> ColumnElement[bool]:
+    def _pregnancy_matcher(self, lactation: bool) -> Matcher:
+        def match(token: Any) -> list[ColumnElement[bool]]:
             return self._pregnancy_code(token, lactation)
 
         return match
 
     @staticmethod
-    def _hcg_code(token: Any) -> ColumnElement[bool]:
-        return and_(token.c.system == rules.LOINC, token.c.code.in_(sorted(rules.HCG_CODES)))
+    def _hcg_code(token: Any) -> list[ColumnElement[bool]]:
+        return [and_(token.c.system == rules.LOINC, token.c.code.in_(sorted(rules.HCG_CODES)))]
 
     @staticmethod
     def _by_leaf(leaf: Any, values: dict[int, Any], else_: Any = None) -> ColumnElement[Any]:
