@@ -119,7 +119,7 @@ POPULATION_SETTINGS = ("SET LOCAL work_mem = '256MB'", "SET LOCAL enable_nestloo
 # coordinating transaction exports (as `pg_dump --jobs` does): the counts are those of one moment even while
 # bundles are being written. Within a shard, PostgreSQL's own parallel workers only compete with the other
 # shards for the same cores, so they are turned off when shards run side by side.
-SHARD_PATIENTS = 50_000  # at most this many patients per shard (bench/README.md: eligibility.py)
+SHARD_PATIENTS = 250_000  # at most this many per shard: fewer, larger shards were faster (bench/README.md)
 SHARD_SETTINGS = ("SET LOCAL max_parallel_workers_per_gather = 0",)
 _SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+-[0-9]+")
 
@@ -200,7 +200,16 @@ class _Dialect:
         first: ColumnElement[Any] = func.substr(column, 1, 3)
         if self.postgresql:
             first = first.collate("C")
-        return first.between(low, high)
+        # the same codes as a range of the code index (byte order): first three >= low <=> code >= low, and
+        # first three <= high <=> code < high with its last character incremented ("D49" -> "D4:")
+        after_high = high[:-1] + chr(ord(high[-1]) + 1)
+        if self.postgresql:  # the index's text_pattern_ops compare bytes
+            in_range = and_(
+                column.op("~>=~", is_comparison=True)(low), column.op("~<~", is_comparison=True)(after_high)
+            )
+        else:  # SQLite's BINARY collation compares bytes
+            in_range = and_(column >= low, column < after_high)
+        return and_(in_range, first.between(low, high))
 
 
 def _equal(a: ColumnElement[Any], b: ColumnElement[Any]) -> ColumnElement[bool]:

@@ -301,6 +301,40 @@ def test_a_study_on_another_server_is_another_study(store: Store) -> None:
     assert disagreements(expected, sql_outcomes(screen(store.engine, listed, D, STUDY))) == []
 
 
+def test_icd10_blocks_at_their_edges(store: Store) -> None:
+    """`icd10|C00-C97` is a range of the code index in SQL: the first and last categories, their subcodes,
+    codes just outside, and codes shorter than a category fall where the reference evaluator puts them."""
+    inside = ["C00", "C00.0", "C97", "C97.9", "C97:", "C97~", "C50.9"]
+    outside = ["B99.9", "C98", "C98.0", "D00", "C0", "C", "c00", "B"]
+    resources: list[dict[str, Any]] = []
+    for k, code in enumerate(inside + outside):
+        pid = f"block{k}"
+        resources += [
+            {"resourceType": "Patient", "id": pid},
+            {
+                "resourceType": "Condition",
+                "id": f"{pid}-c",
+                "code": {"coding": [{"system": ICD10, "code": code}]},
+                "subject": {"reference": f"Patient/{pid}"},
+            },
+        ]
+    load(store, resources)
+    listed = [
+        Criterion.model_validate(
+            {
+                "id": "cancer",
+                "type": "exclusion",
+                "text": "cancer",
+                "expression": {"condition": {"codes": ["icd10|C00-C97"], "missing": "absent"}},
+            }
+        )
+    ]
+    expected = reference_outcomes(listed, resources, D, STUDY)
+    by_code = {code: expected[f"block{k}"][1]["cancer"] for k, code in enumerate(inside + outside)}
+    assert by_code == {**dict.fromkeys(inside, "fail"), **dict.fromkeys(outside, "pass")}
+    assert disagreements(expected, sql_outcomes(screen(store.engine, listed, D, STUDY))) == []
+
+
 # ------------------------------------------------------------------------------------------ generated populations
 
 # Dates around the DEPIL-2 windows (3, 30, 90, 180 days, 5 years) and near midnight in other time zones, so
