@@ -6,7 +6,8 @@ straight into the store: resource rows and their index rows and eligibility fact
 store's bulk insert (COPY on PostgreSQL), secondary indexes dropped during the load and rebuilt after.
 Then, medians of 3 runs:
 
-- the compiled screening (`app.eligibility.population.screen`, one SQL statement, counts + a page);
+- the compiled screening (`app.eligibility.sql.screen`: counts + a page; on PostgreSQL in shards of Patient id
+  ranges, one statement each, side by side), and on PostgreSQL the same as one statement;
 - the hand-written SQL a DBA would write for the same computable DEPIL-2 criteria (`HAND_WRITTEN`),
   same tables, same counts;
 - the reference evaluator (`app.eligibility.reference`) on a sample of 2,000 patients, their
@@ -48,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python b
 
 from app.eligibility.criteria import Eligibility
 from app.eligibility.reference import evaluate_patient
-from app.eligibility.sql import POPULATION_SETTINGS, screen
+from app.eligibility.sql import POPULATION_SETTINGS, default_parallel, screen, shard_count
 from app.fhir.systems import ATC, ICD10, INTERPRETATION, LOCAL_LAB, LOINC, MEASURE, SNOMED, UCUM
 from app.fhir.systems import CONDITION_CLINICAL as CLINICAL
 from app.fhir.systems import CONDITION_VERIFICATION as VERIFICATION
@@ -676,10 +677,26 @@ def run(engine: Engine, args: argparse.Namespace) -> None:
 
     screen_seconds, screening = median_seconds(args.runs, compiled)
     rss_after_screening = peak_rss_mib()
+    sharding = ""
+    if engine.dialect.name == "postgresql":
+        parallel = default_parallel()
+        sharding = f" ({shard_count(patients, parallel)} shards, {parallel} at a time)"
     print(
         f"  compiled SQL:      {screen_seconds:8.2f} s  {patients / screen_seconds:>12,.0f} patients/s  "
-        f"counts {screening.counts}  peak RSS {rss_after_screening:,.0f} MiB"
+        f"counts {screening.counts}  peak RSS {rss_after_screening:,.0f} MiB{sharding}"
     )
+    one_seconds = None
+    if engine.dialect.name == "postgresql":  # like for like with the hand-written query: one statement
+
+        def one_statement() -> Any:
+            with engine.connect() as conn:
+                for setting in POPULATION_SETTINGS:
+                    conn.exec_driver_sql(setting)
+                return screen(conn, criteria, AS_OF, STUDY, limit=50)
+
+        one_seconds, single = median_seconds(args.runs, one_statement)
+        same = "same counts" if single.counts == screening.counts else f"counts differ: {single.counts}"
+        print(f"  compiled, 1 stmt:  {one_seconds:8.2f} s  {patients / one_seconds:>12,.0f} patients/s  ({same})")
 
     def by_hand() -> dict[str, int]:
         with engine.connect() as conn:
@@ -696,8 +713,9 @@ def run(engine: Engine, args: argparse.Namespace) -> None:
         f"  reference (sample of {args.sample:,}): {rate:,.0f} patients/s with reading ({evaluation_rate:,.0f}/s "
         f"evaluation alone), {patients / rate:,.1f} s extrapolated; sample counts {sample_counts}"
     )
+    single_ratio = f" (one statement {one_seconds / hand_seconds:.2f})" if one_seconds is not None else ""
     print(
-        f"  ratios: compiled / hand-written time {screen_seconds / hand_seconds:.2f}; "
+        f"  ratios: compiled / hand-written time {screen_seconds / hand_seconds:.2f}{single_ratio}; "
         f"compiled vs reference speed {patients / screen_seconds / rate:,.1f}x; peak RSS {peak_rss_mib():,.0f} MiB"
     )
 
