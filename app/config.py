@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     base_url: str | None = None  # public base of the FHIR endpoint; derived from the request when unset
     # Worker processes validating big bundles; None: one per available core (0 on a single core).
     validation_workers: int | None = None
+    # Connections a whole-population eligibility screening runs its shards on, side by side (PostgreSQL); None:
+    # one per core of this machine (right when the database runs here; set it to the database's cores otherwise).
+    screening_parallel: int | None = Field(default=None, ge=1)
     load_demo: bool = False
     fixtures_dir: Path = Path(__file__).resolve().parent.parent / "fixtures"
     mappings_dir: Path = Path(__file__).resolve().parent.parent / "mappings"

@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = store
         app.state.studies = studies
         app.state.sources = sources
-        app.state.eligibility = EligibilityService(store, studies)
+        app.state.eligibility = EligibilityService(store, studies, parallel=settings.screening_parallel)
         app.state.fhir_service = FhirService(
             store,
             Limits(

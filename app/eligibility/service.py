@@ -41,9 +41,10 @@ class EligibilityQuery:
 
 
 class EligibilityService:
-    def __init__(self, store: Store, studies: StudyRegistry) -> None:
+    def __init__(self, store: Store, studies: StudyRegistry, *, parallel: int | None = None) -> None:
         self.store = store
         self.studies = studies
+        self.parallel = parallel  # connections a whole-population screening's shards run on (None: one per core)
 
     def normalize(self, resource_type: str, resource: dict[str, Any]) -> dict[str, Any]:
         """What the store would do to the resource on write (alias codings added): a posted Bundle is read
@@ -77,6 +78,7 @@ class EligibilityService:
             status=query.status,
             after=query.after,
             limit=query.limit + 1,
+            parallel=self.parallel,
         )
         rows = list(screening.rows)
         more = len(rows) > query.limit
@@ -138,7 +140,7 @@ class EligibilityService:
         spec = self.study(key)
         reference = f"ResearchStudy/{spec.id}"
         enrolled, screened = self._subjects(reference)
-        screening = screen(self.store.engine, spec.eligibility, as_of, reference)
+        screening = screen(self.store.engine, spec.eligibility, as_of, reference, parallel=self.parallel)
         writes: list[dict[str, Any]] = []
         unchanged = 0
         for row in screening.rows:

@@ -13,8 +13,11 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
 from sqlalchemy import Engine
 
+from app.config import Settings
 from app.eligibility.population import Screening
 from app.eligibility.sql import (
     adopt_snapshot,
@@ -24,6 +27,7 @@ from app.eligibility.sql import (
     shard_ranges,
 )
 from app.fhir import bundle as bundles
+from app.main import create_app
 from app.mapping.study_spec import StudySpec, load_studies
 from app.store.db import make_engine, migrate
 from app.store.repository import Store
@@ -164,3 +168,21 @@ def test_every_shard_reads_the_snapshot_of_the_screenings_start(pg_store: Store)
 def test_a_snapshot_id_is_checked_before_it_reaches_sql(pg_store: Store) -> None:
     with pg_store.engine.connect() as conn, pytest.raises(ValueError, match="snapshot"):
         adopt_snapshot(conn, "00000003-0000001B-1'; DROP TABLE resource; --")
+
+
+def test_the_api_screens_in_shards_on_the_configured_connections(
+    pg_store: Store, depil2: StudySpec, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRIALBRIDGE_SCREENING_PARALLEL", "3")
+    settings = Settings(database_url=postgres_url)
+    assert settings.screening_parallel == 3
+    with TestClient(create_app(settings)) as client:
+        assert client.app.state.eligibility.parallel == 3  # type: ignore[attr-defined]
+        response = client.get("/api/studies/depil-2/eligibility", params={"as-of": D.isoformat(), "_count": 5})
+    assert response.status_code == 200, response.text
+    assert response.json()["counts"] == one_statement(pg_store.engine, depil2).counts
+
+
+def test_screening_parallel_must_be_positive() -> None:
+    with pytest.raises(ValidationError, match="screening_parallel"):
+        Settings(screening_parallel=0)
