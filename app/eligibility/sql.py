@@ -5,13 +5,14 @@ and must agree, outcome for outcome, with the reference evaluator (`app.eligibil
 is the spec together with mappings/README.md ("Three-valued semantics"). It reads the `clinical_fact` rows
 (`app.eligibility.facts`: per clinical resource and coding, its patient, status, date span, value and
 positivity in one row) and, for age, sex and other studies, the index rows of Patients and
-ResearchSubjects; never resource JSON.
+ResearchSubjects; never resource JSON. On PostgreSQL a whole population is screened in shards of Patient
+id ranges, the same statement on several connections reading one exported snapshot (`screen`, below).
 
 Shape (SQLAlchemy Core, so one compiler serves SQLite and PostgreSQL; every value is a bound parameter):
 
 - per resource type, one candidate CTE for all the leaves reading that type (`observations` for
   thresholds, `readings` for positive/negative results, `conditions`, `medications`): a row per (leaf, fact) from a
-  range scan of the facts' code index per leaf, filtered on the row's own status and date: no joins;
+  range scan of the facts' code index per alternative of a leaf's codes, filtered on the row's own status and date: no joins;
 - each leaf's candidates get a score: 2 true, 1 unknown, 0 false. Kleene's "any" is the maximum on
   false < unknown < true, so a leaf's rules become a per-candidate score and a MAX per patient; `which:
   latest` keeps each patient's latest usable candidate (ROW_NUMBER()); one scoring pass per type covers
