@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 
 # Young-generation collections every this many net allocations (CPython's default: 700). A 1,000-entry bundle
 # allocates millions of short-lived dicts; at the default the collector ran ~50 times per bundle and the
@@ -18,3 +19,10 @@ def settle_heap() -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, older, oldest)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

@@ -11,8 +11,9 @@ id ranges, the same statement on several connections reading one exported snapsh
 Shape (SQLAlchemy Core, so one compiler serves SQLite and PostgreSQL; every value is a bound parameter):
 
 - per resource type, one candidate CTE for all the leaves reading that type (`observations` for
-  thresholds, `readings` for positive/negative results, `conditions`, `medications`): a row per (leaf, fact) from a
-  range scan of the facts' code index per alternative of a leaf's codes, filtered on the row's own status and date: no joins;
+  thresholds, `readings` for positive/negative results, `conditions`, `medications`): a row per (leaf, fact)
+  from a range scan of the facts' code index per alternative of a leaf's codes, filtered on the row's own
+  status and date: no joins;
 - each leaf's candidates get a score: 2 true, 1 unknown, 0 false. Kleene's "any" is the maximum on
   false < unknown < true, so a leaf's rules become a per-candidate score and a MAX per patient; `which:
   latest` keeps each patient's latest usable candidate (ROW_NUMBER()); one scoring pass per type covers
@@ -34,7 +35,6 @@ evaluator's tolerance: equal when |a - b| <= RELATIVE_TOLERANCE * max(|a|, |b|).
 from __future__ import annotations
 
 import calendar
-import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -76,6 +76,7 @@ from app.eligibility.outcome import Status
 from app.eligibility.population import OUTCOME_CODES, STATUSES, Screening, read_screening
 from app.fhir.definitions import element_defs, value_set_codes
 from app.fhir.ucum import RELATIVE_TOLERANCE, conversion
+from app.runtime import usable_cores
 from app.store.schema import Resource, clinical_fact, idx_date, idx_reference, idx_token
 from app.store.search import param_rows
 
@@ -1102,7 +1103,7 @@ def _screen_on(
 def default_parallel() -> int:
     """Shards run side by side by default: one per core this process may use (the database is on the same
     machine in the default deployment; `TRIALBRIDGE_SCREENING_PARALLEL` says otherwise)."""
-    return max(1, len(os.sched_getaffinity(0)))
+    return usable_cores()
 
 
 def shard_count(patients: int, parallel: int, shard_patients: int = SHARD_PATIENTS) -> int:

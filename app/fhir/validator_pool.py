@@ -12,7 +12,6 @@ inline, where shipping them to another process would cost more than it saves.
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import orjson
 
 from app.fhir.errors import Issue
 from app.fhir.validation import model_issues, semantic_issues
-from app.runtime import settle_heap
+from app.runtime import settle_heap, usable_cores
 from app.store import indexer
 from app.store.bulk import StorageIndex, storage_index
 
@@ -59,7 +58,7 @@ def _check_chunk(payload: bytes, sqlite: bool) -> list[Checked]:
 
 def default_workers() -> int:
     """One worker per core the process may use; 0 (inline) on a single core."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     return cores if cores > 1 else 0
 
 
