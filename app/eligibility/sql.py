@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import calendar
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -120,7 +121,16 @@ POPULATION_SETTINGS = ("SET LOCAL work_mem = '256MB'", "SET LOCAL enable_nestloo
 # bundles are being written. Within a shard, PostgreSQL's own parallel workers only compete with the other
 # shards for the same cores, so they are turned off when shards run side by side.
 SHARD_PATIENTS = 250_000  # at most this many per shard: fewer, larger shards were faster (bench/README.md)
-SHARD_SETTINGS = ("SET LOCAL max_parallel_workers_per_gather = 0",)
+MIN_SHARD_PATIENTS = 25_000  # below twice this a population is one statement: shards would cost more than they save
+# Connections: a sharded screening holds its coordinator's and up to MAX_PARALLEL shards' from the store's pool
+# (50), and at most SHARDED_SCREENINGS run at once in a process (others wait), so screenings cannot starve the
+# FHIR requests of connections.
+MAX_PARALLEL = 8
+SHARDED_SCREENINGS = threading.BoundedSemaphore(2)
+SHARD_SETTINGS = ("SET LOCAL max_parallel_workers_per_gather = 0",)  # when shards run side by side
+# The coordinator's transaction idles while its shards run: a server-wide idle-in-transaction timeout shorter
+# than a screening would end it, and its exported snapshot with it.
+COORDINATOR_SETTINGS = ("SET LOCAL idle_in_transaction_session_timeout = 0",)
 _SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+-[0-9]+")
 
 
@@ -1038,6 +1048,7 @@ def screen(
     limit: int | None = None,
     parallel: int | None = None,
     shard_patients: int = SHARD_PATIENTS,
+    min_shard_patients: int = MIN_SHARD_PATIENTS,
 ) -> Screening:
     """Every stored Patient (or those of `patient_ids`) against the criteria on `as_of`, for `study_reference`
     (`ResearchStudy/depil-2`: taking part in it is not 'another study'): the counts per status over that
@@ -1060,8 +1071,9 @@ def screen(
                 listed,
                 as_of,
                 study_reference,
-                parallel=parallel or default_parallel(),
+                parallel=min(parallel or default_parallel(), MAX_PARALLEL),
                 shard_patients=shard_patients,
+                min_shard_patients=min_shard_patients,
                 status=status,
                 after=after,
                 limit=limit,
@@ -1106,13 +1118,16 @@ def default_parallel() -> int:
     return usable_cores()
 
 
-def shard_count(patients: int, parallel: int, shard_patients: int = SHARD_PATIENTS) -> int:
+def shard_count(
+    patients: int, parallel: int, shard_patients: int = SHARD_PATIENTS, min_shard_patients: int = MIN_SHARD_PATIENTS
+) -> int:
     """Shards for `patients`: at most `shard_patients` each, a multiple of `parallel` so that the last round
-    keeps every connection busy, and no more shards than patients."""
-    if patients <= 1 or (parallel <= 1 and patients <= shard_patients):
+    keeps every connection busy, but none smaller than `min_shard_patients` (one shard: one statement)."""
+    most = patients // max(1, min_shard_patients)
+    if most <= 1 or (parallel <= 1 and patients <= shard_patients):
         return 1
     needed = max(parallel, -(-patients // shard_patients))
-    return min(patients, -(-needed // parallel) * parallel)
+    return min(most, -(-needed // parallel) * parallel)
 
 
 def shard_ranges(conn: Connection, shards: int) -> list[PatientRange]:
@@ -1159,12 +1174,15 @@ def _screen_shards(
     *,
     parallel: int,
     shard_patients: int,
+    min_shard_patients: int,
     status: str | None,
     after: str | None,
     limit: int | None,
 ) -> Screening:
-    with population_snapshot(engine) as (coordinator, snapshot):
-        shards = shard_count(_live_patients(coordinator), parallel, shard_patients)
+    with SHARDED_SCREENINGS, population_snapshot(engine) as (coordinator, snapshot):
+        for setting in COORDINATOR_SETTINGS:
+            coordinator.exec_driver_sql(setting)
+        shards = shard_count(_live_patients(coordinator), parallel, shard_patients, min_shard_patients)
         if shards == 1:
             for setting in POPULATION_SETTINGS:  # transaction-local: gone when the transaction ends
                 coordinator.exec_driver_sql(setting)
@@ -1178,7 +1196,7 @@ def _screen_shards(
         def run_shard(patient_range: PatientRange) -> Screening:
             with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
                 adopt_snapshot(conn, snapshot)
-                for setting in (*POPULATION_SETTINGS, *SHARD_SETTINGS):
+                for setting in (*POPULATION_SETTINGS, *(SHARD_SETTINGS if parallel > 1 else ())):
                     conn.exec_driver_sql(setting)
                 parameters = {**compiled.parameters, **patient_range.parameters()}
                 rows = conn.execute(compiled.statement, parameters).mappings().all()

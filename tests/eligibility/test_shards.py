@@ -11,13 +11,15 @@ import json
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from app.config import Settings
+from app.eligibility import sql
 from app.eligibility.population import Screening
 from app.eligibility.sql import (
     adopt_snapshot,
@@ -77,20 +79,24 @@ def live_patient_ids(engine: Engine) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("patients", "parallel", "per_shard", "expected"),
+    ("patients", "parallel", "per_shard", "smallest", "expected"),
     [
-        (0, 4, 10, 1),  # nobody: one (empty) statement
-        (1, 4, 10, 1),
-        (9, 1, 10, 1),  # one connection and one shard's worth
-        (25, 1, 10, 3),  # one connection: shards only to bound their size
-        (9, 2, 10, 2),  # two connections: at least two shards
-        (25, 2, 10, 4),  # three needed, rounded up to a multiple of the connections
-        (3, 8, 10, 3),  # never more shards than patients
-        (1_000_000, 2, 50_000, 20),
+        (0, 4, 10, 1, 1),  # nobody: one (empty) statement
+        (1, 4, 10, 1, 1),
+        (9, 1, 10, 1, 1),  # one connection and one shard's worth
+        (25, 1, 10, 1, 3),  # one connection: shards only to bound their size
+        (9, 2, 10, 1, 2),  # two connections: at least two shards
+        (25, 2, 10, 1, 4),  # three needed, rounded up to a multiple of the connections
+        (3, 8, 10, 1, 3),  # never more shards than patients
+        (1_000_000, 2, 250_000, 25_000, 4),  # the defaults
+        (100_000, 2, 250_000, 25_000, 2),
+        (100_000, 8, 250_000, 25_000, 4),  # no shard under the smallest size, whatever the connections
+        (49_999, 2, 250_000, 25_000, 1),  # two shards would be under it: one statement
+        (50_000, 2, 250_000, 25_000, 2),
     ],
 )
-def test_shard_count(patients: int, parallel: int, per_shard: int, expected: int) -> None:
-    assert shard_count(patients, parallel, per_shard) == expected
+def test_shard_count(patients: int, parallel: int, per_shard: int, smallest: int, expected: int) -> None:
+    assert shard_count(patients, parallel, per_shard, smallest) == expected
 
 
 @pytest.mark.parametrize("shards", [1, 2, 7, 150, 400])
@@ -100,11 +106,13 @@ def test_shard_ranges_hold_every_live_patient_once_in_id_order(pg_store: Store, 
     with pg_store.engine.connect() as conn:
         ranges = shard_ranges(conn, shards)
     assert len(ranges) == min(shards, len(ids))
-    assert ranges[0].first == ids[0] and ranges[-1].last == ids[-1]
-    assert all(left.last < right.first for left, right in itertools.pairwise(ranges))  # disjoint, in order
-    held = [[i for i in ids if r.first <= i <= r.last] for r in ranges]
-    assert [i for part in held for i in part] == ids  # each id once, shards in id order
-    assert max(map(len, held)) - min(map(len, held)) <= 1  # equal sizes
+    # positions in the database's own order (its collation), not Python's string order
+    position = {patient_id: k for k, patient_id in enumerate(ids)}
+    spans = [(position[r.first], position[r.last]) for r in ranges]
+    assert spans[0][0] == 0 and spans[-1][1] == len(ids) - 1
+    assert all(last + 1 == first for (_, last), (first, _) in itertools.pairwise(spans))  # contiguous, in order
+    sizes = [last - first + 1 for first, last in spans]
+    assert sum(sizes) == len(ids) and max(sizes) - min(sizes) <= 1  # each id once, equal sizes
 
 
 @pytest.mark.parametrize(("parallel", "per_shard"), [(1, 40), (2, 1_000), (3, 7)])
@@ -113,7 +121,9 @@ def test_sharded_screening_equals_the_single_statement(
 ) -> None:
     engine = pg_store.engine
     whole = one_statement(engine, depil2)
-    sharded = screen(engine, depil2.eligibility, D, STUDY, parallel=parallel, shard_patients=per_shard)
+    sharded = screen(
+        engine, depil2.eligibility, D, STUDY, parallel=parallel, shard_patients=per_shard, min_shard_patients=1
+    )
     assert sharded.counts == whole.counts and sharded.total == len(live_patient_ids(engine))
     assert sharded.rows == whole.rows
     assert all(whole.counts.values())  # the fixture has eligible, ineligible and incomplete patients
@@ -127,7 +137,16 @@ def test_sharded_pages_cross_shard_boundaries(pg_store: Store, depil2: StudySpec
     pages, after = [], None
     while True:
         page = screen(
-            engine, depil2.eligibility, D, STUDY, status=status, after=after, limit=25, parallel=2, shard_patients=40
+            engine,
+            depil2.eligibility,
+            D,
+            STUDY,
+            status=status,
+            after=after,
+            limit=25,
+            parallel=2,
+            shard_patients=40,
+            min_shard_patients=1,
         )
         assert page.counts == whole.counts
         assert page.rows == one_statement(engine, depil2, status=status, after=after, limit=25).rows
@@ -143,7 +162,7 @@ def test_deleted_patients_are_in_no_shard(pg_store: Store, depil2: StudySpec) ->
     with pg_store.transaction() as tx:
         for patient_id in ids[::10]:
             tx.delete("Patient", patient_id)
-    sharded = screen(pg_store.engine, depil2.eligibility, D, STUDY, parallel=2, shard_patients=9)
+    sharded = screen(pg_store.engine, depil2.eligibility, D, STUDY, parallel=2, shard_patients=9, min_shard_patients=1)
     assert sharded.total == len(ids) - len(ids[::10])
     assert {row.patient_id for row in sharded.rows} == set(ids) - set(ids[::10])
     assert sharded.rows == one_statement(pg_store.engine, depil2).rows
@@ -165,6 +184,38 @@ def test_every_shard_reads_the_snapshot_of_the_screenings_start(pg_store: Store)
         assert len(shard_ranges(coordinator, 400)) == before  # the coordinator's ranges: the same snapshot
 
 
+def test_a_screening_does_not_count_a_patient_written_while_it_runs(
+    pg_store: Store, depil2: StudySpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Patient committed after the coordinator exported its snapshot, inside a shard's id range, is in no
+    shard's population: every shard adopted the snapshot."""
+    engine = pg_store.engine
+    ids = live_patient_ids(engine)
+    cut = sql.shard_ranges
+    found: list[sql.PatientRange] = []
+    late: list[str] = []
+
+    def cut_then_write(conn: Connection, shards: int) -> list[sql.PatientRange]:
+        found.extend(cut(conn, shards))
+        late.append(found[1].first + "0")  # right after the second shard's first patient: inside its range
+        with pg_store.transaction() as tx:  # another connection, committed before the shards start
+            tx.create("Patient", {"resourceType": "Patient", "birthDate": "1980-01-01"}, late[0])
+        return found
+
+    monkeypatch.setattr(sql, "shard_ranges", cut_then_write)
+    try:
+        sharded = screen(engine, depil2.eligibility, D, STUDY, parallel=2, shard_patients=30, min_shard_patients=1)
+        with engine.connect() as conn:  # inside the range in the database's collation
+            between = "SELECT %(id)s BETWEEN %(first)s AND %(last)s"
+            bounds = {"id": late[0], "first": found[1].first, "last": found[1].last}
+            assert conn.exec_driver_sql(between, bounds).scalar() is True
+        assert sharded.total == len(ids) and late[0] not in {row.patient_id for row in sharded.rows}
+        assert len(live_patient_ids(engine)) == len(ids) + 1  # it was written
+    finally:
+        with pg_store.transaction() as tx:
+            tx.delete("Patient", late[0])
+
+
 def test_a_snapshot_id_is_checked_before_it_reaches_sql(pg_store: Store) -> None:
     with pg_store.engine.connect() as conn, pytest.raises(ValueError, match="snapshot"):
         adopt_snapshot(conn, "00000003-0000001B-1'; DROP TABLE resource; --")
@@ -176,10 +227,18 @@ def test_the_api_screens_in_shards_on_the_configured_connections(
     monkeypatch.setenv("TRIALBRIDGE_SCREENING_PARALLEL", "3")
     settings = Settings(database_url=postgres_url)
     assert settings.screening_parallel == 3
+    passed: list[int] = []
+    run_shards = sql._screen_shards
+
+    def spy(*args: Any, **kwargs: Any) -> Screening:
+        passed.append(kwargs["parallel"])
+        return run_shards(*args, **kwargs)
+
+    monkeypatch.setattr(sql, "_screen_shards", spy)
     with TestClient(create_app(settings)) as client:
-        assert client.app.state.eligibility.parallel == 3  # type: ignore[attr-defined]
         response = client.get("/api/studies/depil-2/eligibility", params={"as-of": D.isoformat(), "_count": 5})
     assert response.status_code == 200, response.text
+    assert passed == [3]
     assert response.json()["counts"] == one_statement(pg_store.engine, depil2).counts
 
 
