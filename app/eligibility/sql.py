@@ -1108,7 +1108,13 @@ def _screen_on(
         after=after,
         limit=limit,
     )
-    rows = conn.execute(compiled.statement, compiled.parameters).mappings().all()
+    return _run(conn, compiled, listed)
+
+
+def _run(
+    conn: Connection, compiled: CompiledScreening, listed: Sequence[c.Criterion], bound: dict[str, Any] | None = None
+) -> Screening:
+    rows = conn.execute(compiled.statement, {**compiled.parameters, **(bound or {})}).mappings().all()
     return read_screening(rows, compiled.computable, listed)
 
 
@@ -1179,14 +1185,17 @@ def _screen_shards(
     after: str | None,
     limit: int | None,
 ) -> Screening:
+    # Sizing only (the ranges are cut in the snapshot): a population too small for shards is one statement,
+    # without a snapshot to export or a turn to wait for.
+    with engine.connect() as conn:
+        shards = shard_count(_live_patients(conn), parallel, shard_patients, min_shard_patients)
+        if shards == 1:
+            for setting in POPULATION_SETTINGS:  # transaction-local: gone when the transaction ends
+                conn.exec_driver_sql(setting)
+            return _screen_on(conn, listed, as_of, study_reference, status=status, after=after, limit=limit)
     with SHARDED_SCREENINGS, population_snapshot(engine) as (coordinator, snapshot):
         for setting in COORDINATOR_SETTINGS:
             coordinator.exec_driver_sql(setting)
-        shards = shard_count(_live_patients(coordinator), parallel, shard_patients, min_shard_patients)
-        if shards == 1:
-            for setting in POPULATION_SETTINGS:  # transaction-local: gone when the transaction ends
-                coordinator.exec_driver_sql(setting)
-            return _screen_on(coordinator, listed, as_of, study_reference, status=status, after=after, limit=limit)
         ranges = shard_ranges(coordinator, shards)
         # one statement for every shard (built and compiled once: ~0.2 s of Python), its range bound per shard
         compiled = compile_screening(
@@ -1198,9 +1207,7 @@ def _screen_shards(
                 adopt_snapshot(conn, snapshot)
                 for setting in (*POPULATION_SETTINGS, *(SHARD_SETTINGS if parallel > 1 else ())):
                     conn.exec_driver_sql(setting)
-                parameters = {**compiled.parameters, **patient_range.parameters()}
-                rows = conn.execute(compiled.statement, parameters).mappings().all()
-            return read_screening(rows, compiled.computable, listed)
+                return _run(conn, compiled, listed, patient_range.parameters())
 
         with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="screening") as pool:
             parts = list(pool.map(run_shard, ranges))
