@@ -101,6 +101,12 @@ def _check(handler: tuple[Any, ...], value: dict[str, Any], path: Path, out: lis
             if table is None:
                 table = _table(resource_type)
             _walk(value, table, path, out)
+        else:  # the R4B models accept a resource without one, and fail with a TypeError on a non-string
+            _invalid(
+                out,
+                (path, "resourceType"),
+                f"an embedded resource needs a resourceType naming a FHIR R4 resource type (got {resource_type!r})",
+            )
 
 
 def _check_codings(value: dict[str, Any], handler: tuple[Any, ...], path: Path, out: list[Issue]) -> None:

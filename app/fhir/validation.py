@@ -14,8 +14,9 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from app.fhir import conformance
+from app.fhir import conformance, element_memo
 from app.fhir.definitions import resource_types
+from app.fhir.element_memo import ElementMemo
 from app.fhir.errors import FhirError, Issue, bad_request, not_found, unprocessable
 from app.fhir.invariants import check_invariants
 from app.fhir.version import model_class
@@ -112,11 +113,12 @@ def semantic_issues(resource: dict[str, Any]) -> list[Issue]:
     return conformance.check_resource(resource) + check_invariants(resource)
 
 
-def model_issues(resource: dict[str, Any]) -> list[Issue]:
+def model_issues(resource: dict[str, Any], memo: ElementMemo = element_memo.MEMO) -> list[Issue]:
     """What the fhir.resources R4B model finds wrong (structure, datatypes, cardinality); [] when valid.
 
     The resource type must already be known (see `require_resource_type`). This is the expensive
-    half of validation, and the part `ValidatorPool` runs in worker processes.
+    half of validation, and the part `ValidatorPool` runs in worker processes. `memo`: the complex elements
+    validated before (an empty one validates every element).
     """
     resource_type = resource["resourceType"]
     try:
@@ -131,9 +133,17 @@ def model_issues(resource: dict[str, Any]) -> list[Issue]:
             )
         ]
     try:
-        model.model_validate(resource)
+        element_memo.validate(model, resource, memo)  # the model's verdict; repeated elements validated once
     except ValidationError as exc:
         return issues_from_pydantic(resource_type, exc)
+    except (TypeError, KeyError):  # fhir_core fails this way on an embedded resource's bad resourceType
+        return conformance.check_resource(resource) or [
+            Issue(
+                "structure",
+                f"{resource_type}: the FHIR R4 models cannot read this resource; check the types of its elements.",
+                (resource_type,),
+            )
+        ]
     return []
 
 

@@ -145,3 +145,26 @@ def test_a_meta_that_is_not_an_object_is_refused_where_it_is(client: TestClient,
         assert response.status_code == 422, response.json()
         assert response.json()["issue"][0]["expression"][0].startswith(f"Bundle.entry[{size - 1}].resource.meta")
     assert client.get("/fhir/Patient", params={"_summary": "count"}).json()["total"] == 0
+
+
+@pytest.mark.parametrize(
+    "embedded_type",
+    [None, 5, "", "NoSuchResource", {"x": 1}, "absent"],
+    ids=["null", "number", "empty", "unknown", "object", "absent"],
+)
+def test_an_embedded_resource_needs_a_resource_type(client: TestClient, embedded_type: Any) -> None:
+    """The R4B models crash (TypeError, KeyError) on a contained resource whose resourceType is not a type name,
+    and accept one without a resourceType: both are a 422 pointing at it, alone and in a bundle."""
+    contained: dict[str, Any] = {"id": "home"}
+    if embedded_type != "absent":
+        contained["resourceType"] = embedded_type
+    encounter = {"resourceType": "Encounter", "status": "finished", "class": {"code": "HH"}, "contained": [contained]}
+    response = client.post("/fhir/Encounter", json=encounter)
+    assert response.status_code == 422, response.json()
+    assert response.json()["issue"][0]["expression"] == ["Encounter.contained[0].resourceType"]
+    in_bundle = client.post(
+        "/fhir", json=bundle({"request": {"method": "POST", "url": "Encounter"}, "resource": encounter})
+    )
+    assert in_bundle.status_code == 422
+    assert in_bundle.json()["issue"][0]["expression"] == ["Bundle.entry[0].resource.contained[0].resourceType"]
+    assert client.get("/fhir/Encounter", params={"_summary": "count"}).json()["total"] == 0
