@@ -51,7 +51,7 @@ def _prepare_database(settings: Settings) -> None:
     engine = make_engine(settings.database_url)
     try:
         migrate(engine)
-        prepare_store(engine, settings, studies, sources, load_demo=settings.load_demo)
+        prepare_store(engine, settings, studies, sources, load_demo=settings.load_demo).close()
     finally:
         engine.dispose()
 
@@ -81,6 +81,7 @@ def _import(args: argparse.Namespace) -> int:
         return 2
     studies = load_studies(settings.mappings_dir / "studies")
     engine = make_engine(settings.database_url)
+    store = None
     try:
         migrate(engine)
         store = prepare_store(engine, settings, studies, sources, load_demo=False)
@@ -89,6 +90,8 @@ def _import(args: argparse.Namespace) -> int:
         print(f"{args.file}: not imported ({exc.status})\n{describe(exc)}", file=sys.stderr)
         return 1
     finally:
+        if store is not None:
+            store.close()
         engine.dispose()
     print(json.dumps(summary.to_json(), indent=2, ensure_ascii=False))
     return 0

@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             validator.close()
+            store.close()
             engine.dispose()
 
     app = FastAPI(

@@ -96,7 +96,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def store(database_url: str) -> Iterator[Store]:
     engine = make_engine(database_url)
     migrate(engine)
-    yield Store(engine)
+    store = Store(engine)
+    yield store
+    store.close()
     engine.dispose()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+log = logging.getLogger("trialbridge.store")
 
 
 def _json_dumps(value: Any) -> str:
@@ -77,3 +81,56 @@ def alembic_config(engine: Engine) -> Config:
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest revision (idempotent; safe on every start)."""
     command.upgrade(alembic_config(engine), "head")
+
+
+class WalCheckpointer:
+    """Copies SQLite's write-ahead log back into the database on a thread of its own, after each write.
+
+    By default the commit that takes the log past 1,000 pages does this itself: a 1,000-entry bundle's commit
+    then spent ~10 of its ~21 ms copying pages while the validation workers sat idle. Here a writer's
+    connection has automatic checkpoints off (`prepare_writer`) and, once it has committed, wakes this thread
+    (`written`), which runs a PASSIVE checkpoint: it never waits for or blocks readers and writers, and
+    copies what no reader still needs; the log restarts from its beginning at the next write once all of it
+    is copied. The checkpoint runs while the server answers and reads the next request, on a core that would
+    otherwise wait. SQLite releases the GIL while it checkpoints."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="sqlite-wal-checkpoint", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def prepare_writer(dbapi_connection: Any) -> None:
+        """Turn a writer's automatic checkpoints off (once per pooled connection)."""
+        dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
+
+    def written(self) -> None:
+        self._wake.set()
+
+    def checkpoint(self, connection: Any) -> tuple[int, int, int]:
+        """(busy, pages in the log, pages copied), as `PRAGMA wal_checkpoint(PASSIVE)` reports them."""
+        busy, logged, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return int(busy), int(logged), int(copied)
+
+    def _run(self) -> None:
+        connection = self._engine.raw_connection()
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self._stopping:
+                    return
+                try:
+                    self.checkpoint(connection)
+                except Exception:  # a failed checkpoint loses nothing (the log keeps the pages); try at the next write
+                    log.exception("SQLite WAL checkpoint failed")
+        finally:
+            connection.close()
+
+    def close(self) -> None:
+        """Stop the thread (the last connection to close checkpoints what is left)."""
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout=30)

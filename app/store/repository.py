@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from app.fhir.errors import FhirError, conflict, gone, not_found, precondition_failed
 from app.store import indexer
 from app.store.bulk import StorageIndex, bulk_insert, insert_tuples, storage_index
-from app.store.db import is_sqlite
+from app.store.db import WalCheckpointer, is_sqlite
 from app.store.schema import INDEX_TABLES, Resource, ResourceHistory
 from app.store.search import (
     IncludeSpec,
@@ -162,6 +162,14 @@ class Store:
         self._sqlite = is_sqlite(engine)
         # In-process writers queue here rather than in SQLite's busy-wait loop (which sleeps and backs off).
         self._write_lock = threading.Lock() if self._sqlite else None
+        in_memory = engine.url.database in (None, "", ":memory:")
+        self._checkpointer = WalCheckpointer(engine) if self._sqlite and not in_memory else None
+
+    def close(self) -> None:
+        """Stop the background work of this store (the engine is the caller's to dispose of)."""
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
 
     # ----------------------------------------------------------------------------------------- reads
 
@@ -325,13 +333,19 @@ class Store:
             lock.acquire()
         try:
             with self.engine.connect() as conn:
+                checkpointer = self._checkpointer
                 if self._sqlite:
                     conn.info["sqlite_begin"] = "IMMEDIATE"
+                    if checkpointer is not None and not conn.connection.info.get("wal_autocheckpoint_off"):
+                        checkpointer.prepare_writer(conn.connection.driver_connection)
+                        conn.connection.info["wal_autocheckpoint_off"] = True
                 try:
                     with conn.begin():
                         tx = WriteTransaction(conn, self._sqlite, self.normalize)
                         yield tx
                         tx.flush()
+                    if checkpointer is not None:
+                        checkpointer.written()
                 except IntegrityError:
                     raise conflict(
                         "Another request wrote the same resource at the same moment; nothing was saved. Retry."
