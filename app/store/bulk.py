@@ -23,6 +23,8 @@ from app.store.schema import INDEX_TABLES
 
 def _sqlite_datetime(value: datetime) -> str:
     # SQLAlchemy's SQLite DateTime storage format (UTC here); it compares these strings in searches.
+    if value.tzinfo is UTC:  # what the indexer produces: C's isoformat, then drop the offset (~2x faster)
+        return value.isoformat(" ", "microseconds")[:26]
     v = value.astimezone(UTC)
     return f"{v.year:04d}-{v.month:02d}-{v.day:02d} {v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
 
