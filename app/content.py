@@ -40,11 +40,15 @@ def prepare_store(
     demo bundles and importing the synthetic study CSVs (fixtures/studies) through the source specs."""
     terminology = load_terminology(settings.mappings_dir)
     store = Store(engine, normalize=terminology.normalize)
-    install_terminology(store, terminology)
-    install_studies(store, studies)
-    install_search_parameters(store)  # study-day, study-visit, ... at /fhir/SearchParameter/{id}
-    if load_demo:
-        load_demo_data(store, settings, studies, sources, validator)
+    try:
+        install_terminology(store, terminology)
+        install_studies(store, studies)
+        install_search_parameters(store)  # study-day, study-visit, ... at /fhir/SearchParameter/{id}
+        if load_demo:
+            load_demo_data(store, settings, studies, sources, validator)
+    except BaseException:
+        store.close()
+        raise
     return store
 
 

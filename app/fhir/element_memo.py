@@ -19,6 +19,7 @@ quantities age out).
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 from typing import Any
 
@@ -26,12 +27,18 @@ import orjson
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 
 MemoKey = tuple[type, str, bytes]
+log = logging.getLogger("trialbridge.validation")
+
+
+MAX_ELEMENT_BYTES = 1024  # codes, references, meta, ranges: far below; narratives and attachments: not kept
 
 
 class ElementMemo:
-    """Validated element values by (model, JSON key, element JSON); two generations of `capacity` each."""
+    """Validated element values, with the JSON they came from, by (model, JSON key, element JSON). Two
+    generations of `capacity` each: at most 2 * capacity elements of at most MAX_ELEMENT_BYTES of JSON (with
+    their models, roughly ten times that in memory)."""
 
-    def __init__(self, capacity: int = 8192) -> None:
+    def __init__(self, capacity: int = 4096) -> None:
         self.capacity = capacity
         self._young: dict[MemoKey, Any] = {}
         self._old: dict[MemoKey, Any] = {}
@@ -78,7 +85,7 @@ def validate(model: Any, resource: dict[str, Any], memo: ElementMemo = MEMO) -> 
     ValidationError, computed from `resource` alone, when the resource is invalid."""
     names = _attribute_names(model)
     substituted: dict[str, Any] | None = None
-    missed: list[tuple[str, MemoKey]] = []
+    missed: list[tuple[str, MemoKey, Any]] = []
     for key, value in resource.items():
         kind = value.__class__
         if not (kind is dict or (kind is list and value and value[0].__class__ is dict)):
@@ -87,16 +94,19 @@ def validate(model: Any, resource: dict[str, Any], memo: ElementMemo = MEMO) -> 
         if name is None:  # not an element of this type: the model reports it
             continue
         try:
-            memo_key = (model, key, orjson.dumps(value))
+            text = orjson.dumps(value)
         except TypeError:  # not JSON (a dict built in code with, say, a Decimal): validated as it is
             continue
+        if len(text) > MAX_ELEMENT_BYTES:
+            continue
+        memo_key = (model, key, text)
         remembered = memo.get(memo_key)
         if remembered is None:
-            missed.append((name, memo_key))
-        else:
+            missed.append((name, memo_key, value))
+        elif remembered[0] == value:  # orjson writes NaN as null, a UUID or a date as a string: equal JSON only
             if substituted is None:
                 substituted = dict(resource)
-            substituted[key] = remembered
+            substituted[key] = remembered[1]
     if substituted is None:
         instance = model.model_validate(resource)
     else:
@@ -104,8 +114,11 @@ def validate(model: Any, resource: dict[str, Any], memo: ElementMemo = MEMO) -> 
             instance = model.model_validate(substituted)
         except Exception:  # report the errors of the JSON as sent, exactly as without the memo
             instance = model.model_validate(resource)
-    for name, memo_key in missed:
+            log.warning("%s: valid as sent, refused with remembered elements (a memo defect)", model.__name__)
+    for name, memo_key, value in missed:
         validated = getattr(instance, name, None)
         if _is_validated(validated):
-            memo.put(memo_key, validated)
+            as_json = orjson.loads(memo_key[2])
+            if as_json == value:  # a value orjson wrote faithfully (no NaN, UUID, date...): safe to reuse
+                memo.put(memo_key, (as_json, validated))
     return instance

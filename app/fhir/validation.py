@@ -8,6 +8,7 @@ not enforce. Resources stay plain dicts afterwards: we store what the client sen
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -32,6 +33,8 @@ _PLAIN_MESSAGES = {
     "model_field_validation.missing": "required element is missing",
 }
 
+
+log = logging.getLogger("trialbridge.validation")
 
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
@@ -137,7 +140,11 @@ def model_issues(resource: dict[str, Any], memo: ElementMemo = element_memo.MEMO
     except ValidationError as exc:
         return issues_from_pydantic(resource_type, exc)
     except (TypeError, KeyError):  # fhir_core fails this way on an embedded resource's bad resourceType
-        return conformance.check_resource(resource) or [
+        found = conformance.check_resource(resource) + _contained_without_model(resource)
+        if found:
+            return found
+        log.exception("the R4B model of %s failed on a resource (answered 422)", resource_type)
+        return [
             Issue(
                 "structure",
                 f"{resource_type}: the FHIR R4 models cannot read this resource; check the types of its elements.",
@@ -145,6 +152,21 @@ def model_issues(resource: dict[str, Any], memo: ElementMemo = element_memo.MEMO
             )
         ]
     return []
+
+
+def _contained_without_model(resource: dict[str, Any]) -> list[Issue]:
+    """Contained resources of the R4 types fhir.resources has no R4B model for (they crash the models)."""
+    issues = []
+    contained = resource.get("contained")
+    for index, item in enumerate(contained if isinstance(contained, list) else ()):
+        kind = item.get("resourceType") if isinstance(item, dict) else None
+        if isinstance(kind, str):
+            try:
+                model_class(kind)
+            except ValueError:
+                where = f"{resource['resourceType']}.contained[{index}].resourceType"
+                issues.append(Issue("not-supported", f"{where}: {kind} cannot be validated by this server.", (where,)))
+    return issues
 
 
 def validation_issues(resource: Any) -> list[Issue]:

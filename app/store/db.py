@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,8 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA cache_size=-65536")
+        # After a burst of writes the log may have grown long; once it restarts, cut the file back to this.
+        cursor.execute("PRAGMA journal_size_limit=67108864")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -84,49 +88,89 @@ def migrate(engine: Engine) -> None:
 
 
 class WalCheckpointer:
-    """Copies SQLite's write-ahead log back into the database on a thread of its own, after each write.
+    """Copies SQLite's write-ahead log back into the database on a thread of its own, after writes.
 
     By default the commit that takes the log past 1,000 pages does this itself: a 1,000-entry bundle's commit
     then spent ~10 of its ~21 ms copying pages while the validation workers sat idle. Here a writer's
-    connection has automatic checkpoints off (`prepare_writer`) and, once it has committed, wakes this thread
-    (`written`), which runs a PASSIVE checkpoint: it never waits for or blocks readers and writers, and
-    copies what no reader still needs; the log restarts from its beginning at the next write once all of it
-    is copied. The checkpoint runs while the server answers and reads the next request, on a core that would
-    otherwise wait. SQLite releases the GIL while it checkpoints."""
+    connection checkpoints itself only as a backstop (`BACKSTOP_PAGES`, should this thread fall behind or
+    fail), and a commit wakes this thread (`written`), which runs a PASSIVE checkpoint: it never waits for
+    or blocks readers and writers, and copies what no reader still needs. It runs while the server answers
+    and reads the next request, on a core that would otherwise wait; SQLite releases the GIL meanwhile.
+
+    The log restarts from its beginning only when a writer begins after everything was copied. With writes
+    back to back a PASSIVE checkpoint never gets there (the next writer is already adding pages), so once the
+    log is long the next writer first copies what was added meanwhile (`before_write`), then restarts it.
+    Small writes are gathered (up to `GATHER_SECONDS`) so that a stream of single-resource writes costs a
+    checkpoint (two syncs) a second, not one each."""
+
+    BACKSTOP_PAGES = 10_000  # ~40 MB of log: a writer checkpoints itself past this
+    LONG_LOG_PAGES = 1_000  # SQLite's own default threshold
+    BIG_WRITE = 200  # resources written: checkpoint at once
+    GATHER_SECONDS = 1.0
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self.restart_due = False
         self._wake = threading.Event()
+        self._written = 0
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="sqlite-wal-checkpoint", daemon=True)
         self._thread.start()
 
-    @staticmethod
-    def prepare_writer(dbapi_connection: Any) -> None:
-        """Turn a writer's automatic checkpoints off (once per pooled connection)."""
-        dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
+    def prepare_writer(self, dbapi_connection: Any) -> None:
+        """A writer's automatic checkpoints only as a backstop (once per pooled connection)."""
+        dbapi_connection.execute(f"PRAGMA wal_autocheckpoint={self.BACKSTOP_PAGES}")
 
-    def written(self) -> None:
+    def before_write(self, dbapi_connection: Any) -> None:
+        """Called by a writer holding the store's write lock, before it begins. When the log is long, copy what
+        was written during the thread's last checkpoint (little: that checkpoint copied the rest), so that this
+        writer finds the log fully copied and restarts it from its beginning."""
+        if self.restart_due:
+            self.restart_due = False
+            self.checkpoint(dbapi_connection)
+
+    def written(self, resources: int) -> None:
+        """A write transaction that wrote `resources` resources has committed."""
+        self._written += resources  # a lost update under a race only delays a checkpoint
         self._wake.set()
 
-    def checkpoint(self, connection: Any) -> tuple[int, int, int]:
+    @staticmethod
+    def checkpoint(connection: Any) -> tuple[int, int, int]:
         """(busy, pages in the log, pages copied), as `PRAGMA wal_checkpoint(PASSIVE)` reports them."""
-        busy, logged, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        cursor = connection.cursor()
+        try:  # read to the end and close: a statement left open keeps a read mark, and the log cannot restart
+            ((busy, logged, copied),) = cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            cursor.close()
         return int(busy), int(logged), int(copied)
 
     def _run(self) -> None:
-        connection = self._engine.raw_connection()
-        try:
-            while True:
-                self._wake.wait()
+        connection = None
+        while True:
+            self._wake.wait()
+            deadline = time.monotonic() + self.GATHER_SECONDS
+            while not self._stopping:  # gather small writes: until BIG_WRITE resources or GATHER_SECONDS
                 self._wake.clear()
-                if self._stopping:
-                    return
-                try:
-                    self.checkpoint(connection)
-                except Exception:  # a failed checkpoint loses nothing (the log keeps the pages); try at the next write
-                    log.exception("SQLite WAL checkpoint failed")
-        finally:
+                remaining = deadline - time.monotonic()
+                if self._written >= self.BIG_WRITE or remaining <= 0:
+                    break
+                self._wake.wait(remaining)
+            if self._stopping:
+                break
+            self._written = 0
+            try:
+                if connection is None:
+                    connection = self._engine.raw_connection()
+                _, logged, _ = self.checkpoint(connection)
+                if logged >= self.LONG_LOG_PAGES:
+                    self.restart_due = True  # see `before_write`
+            except Exception:  # nothing is lost (the log keeps the pages); retried at the next write
+                log.exception("SQLite WAL checkpoint failed")
+                if connection is not None:
+                    with contextlib.suppress(Exception):
+                        connection.close()
+                    connection = None
+        if connection is not None:
             connection.close()
 
     def close(self) -> None:

@@ -330,16 +330,18 @@ class Store:
                 checkpointer = self._checkpointer
                 if self._sqlite:
                     conn.info["sqlite_begin"] = "IMMEDIATE"
-                    if checkpointer is not None and not conn.connection.info.get("wal_autocheckpoint_off"):
-                        checkpointer.prepare_writer(conn.connection.driver_connection)
-                        conn.connection.info["wal_autocheckpoint_off"] = True
+                    if checkpointer is not None:
+                        if not conn.connection.info.get("wal_autocheckpoint_off"):
+                            checkpointer.prepare_writer(conn.connection.driver_connection)
+                            conn.connection.info["wal_autocheckpoint_off"] = True
+                        checkpointer.before_write(conn.connection.driver_connection)
                 try:
                     with conn.begin():
                         tx = WriteTransaction(conn, self._sqlite, self.normalize)
                         yield tx
                         tx.flush()
                     if checkpointer is not None:
-                        checkpointer.written()
+                        checkpointer.written(tx.written)
                 except IntegrityError:
                     raise conflict(
                         "Another request wrote the same resource at the same moment; nothing was saved. Retry."
@@ -477,6 +479,7 @@ class WriteTransaction:
         self._pending_index: dict[str, list[tuple[Any, ...]]] = {}  # storage tuples per index table
         self._pending_keys: set[tuple[str, str]] = set()
         self._held_locks: set[str] = set()
+        self.written = 0  # resources created, updated or deleted
         # Current rows read ahead in bulk (None: known not to exist); each is used once, then re-read.
         self._prefetched: dict[tuple[str, str], Any] = {}
 
@@ -539,6 +542,7 @@ class WriteTransaction:
         for kind, tuples in index.tuples.items():
             self._pending_index.setdefault(kind, []).extend(tuples)
         self._pending_keys.add((stored.resource_type, stored.id))
+        self.written += 1
         if len(self._pending_resources) >= _FLUSH_EVERY:
             self.flush()
 
@@ -636,6 +640,7 @@ class WriteTransaction:
     def _replace(self, row: Any, stored: StoredResource) -> None:
         """Move the current version to history and write `stored` (a new version or a tombstone)."""
         key = (stored.resource_type, stored.id)
+        self.written += 1
         self.conn.execute(
             insert(history_table).values(
                 res_type=row.res_type,

@@ -168,3 +168,12 @@ def test_an_embedded_resource_needs_a_resource_type(client: TestClient, embedded
     assert in_bundle.status_code == 422
     assert in_bundle.json()["issue"][0]["expression"] == ["Bundle.entry[0].resource.contained[0].resourceType"]
     assert client.get("/fhir/Encounter", params={"_summary": "count"}).json()["total"] == 0
+
+
+def test_a_contained_resource_of_a_type_without_a_model_is_named(client: TestClient) -> None:
+    contained = {"resourceType": "MedicinalProduct", "id": "mp"}
+    encounter = {"resourceType": "Encounter", "status": "finished", "class": {"code": "HH"}, "contained": [contained]}
+    response = client.post("/fhir/Encounter", json=encounter)
+    assert response.status_code == 422, response.json()
+    assert response.json()["issue"][0]["expression"] == ["Encounter.contained[0].resourceType"]
+    assert response.json()["issue"][0]["code"] == "not-supported"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import uuid
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
@@ -204,3 +205,22 @@ def test_the_memo_is_bounded_and_keeps_what_is_used_again() -> None:
     assert memo.get(keys[1]) is None
     assert memo.get(keys[0]) == "a" and memo.get(keys[3]) == "d"
     assert len(memo) <= 2 * memo.capacity
+
+
+def test_values_that_json_would_blur_are_never_taken_for_each_other() -> None:
+    """orjson writes NaN as null and a UUID as its string: the memo reuses a value only for equal JSON."""
+    memo = ElementMemo()
+    model = model_class("Observation")
+    element_memo.validate(model, {**_observation(), "valueQuantity": {"value": None, "unit": "mg"}}, memo)
+    not_a_number = {**_observation(), "valueQuantity": {"value": float("nan"), "unit": "mg"}}
+    assert model_issues(not_a_number, memo) == plain_issues(not_a_number)
+    element_memo.validate(model, {**_observation(), "subject": {"reference": str(uuid.UUID(int=5))}}, memo)
+    an_object = {**_observation(), "subject": {"reference": uuid.UUID(int=5)}}
+    assert model_issues(an_object, memo) == plain_issues(an_object) != []
+
+
+def test_large_elements_are_not_remembered() -> None:
+    memo = ElementMemo()
+    narrative = {"status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{"x" * 5000}</div>'}
+    element_memo.validate(model_class("Observation"), {**_observation(), "text": narrative}, memo)
+    assert {key[1] for key in memo._young} == {"code", "subject", "valueQuantity"}

@@ -297,12 +297,15 @@ def test_installing_twice_writes_no_new_version(database_url: str, terminology: 
     try:
         migrate(engine)
         store = Store(engine, normalize=terminology.normalize)
-        install_terminology(store, terminology)
-        install_terminology(store, terminology)
-        for resource in terminology.resources():
-            assert store.read(resource["resourceType"], resource["id"]).version_id == 1
-        _, total = store.history("ConceptMap", None)
-        assert total == 2
+        try:
+            install_terminology(store, terminology)
+            install_terminology(store, terminology)
+            for resource in terminology.resources():
+                assert store.read(resource["resourceType"], resource["id"]).version_id == 1
+            _, total = store.history("ConceptMap", None)
+            assert total == 2
+        finally:
+            store.close()
     finally:
         engine.dispose()
 
