@@ -17,7 +17,6 @@ from pydantic import ValidationError
 
 from app.fhir import conformance, element_memo
 from app.fhir.definitions import resource_types
-from app.fhir.element_memo import ElementMemo
 from app.fhir.errors import FhirError, Issue, bad_request, not_found, unprocessable
 from app.fhir.invariants import check_invariants
 from app.fhir.version import model_class
@@ -116,7 +115,7 @@ def semantic_issues(resource: dict[str, Any]) -> list[Issue]:
     return conformance.check_resource(resource) + check_invariants(resource)
 
 
-def model_issues(resource: dict[str, Any], memo: ElementMemo = element_memo.MEMO) -> list[Issue]:
+def model_issues(resource: dict[str, Any], memo: element_memo.ElementMemo = element_memo.MEMO) -> list[Issue]:
     """What the fhir.resources R4B model finds wrong (structure, datatypes, cardinality); [] when valid.
 
     The resource type must already be known (see `require_resource_type`). This is the expensive

@@ -92,10 +92,10 @@ class WalCheckpointer:
 
     By default the commit that takes the log past 1,000 pages does this itself: a 1,000-entry bundle's commit
     then spent ~10 of its ~21 ms copying pages while the validation workers sat idle. Here a writer's
-    connection checkpoints itself only as a backstop (`BACKSTOP_PAGES`, should this thread fall behind or
-    fail), and a commit wakes this thread (`written`), which runs a PASSIVE checkpoint: it never waits for
-    or blocks readers and writers, and copies what no reader still needs. It runs while the server answers
-    and reads the next request, on a core that would otherwise wait; SQLite releases the GIL meanwhile.
+    connection checkpoints itself only as a backstop (`BACKSTOP_PAGES`, set in `before_write`, should this
+    thread fall behind or fail), and a commit wakes this thread (`written`), which runs a PASSIVE checkpoint:
+    it never waits for or blocks readers and writers, and copies what no reader still needs. It runs while the
+    server answers and reads the next request, on a core that would otherwise wait; SQLite releases the GIL.
 
     The log restarts from its beginning only when a writer begins after everything was copied. With writes
     back to back a PASSIVE checkpoint never gets there (the next writer is already adding pages), so once the
@@ -117,17 +117,17 @@ class WalCheckpointer:
         self._thread = threading.Thread(target=self._run, name="sqlite-wal-checkpoint", daemon=True)
         self._thread.start()
 
-    def prepare_writer(self, dbapi_connection: Any) -> None:
-        """A writer's automatic checkpoints only as a backstop (once per pooled connection)."""
-        dbapi_connection.execute(f"PRAGMA wal_autocheckpoint={self.BACKSTOP_PAGES}")
-
-    def before_write(self, dbapi_connection: Any) -> None:
-        """Called by a writer holding the store's write lock, before it begins. When the log is long, copy what
-        was written during the thread's last checkpoint (little: that checkpoint copied the rest), so that this
-        writer finds the log fully copied and restarts it from its beginning."""
+    def before_write(self, pooled: Any) -> None:
+        """Called by a writer holding the store's write lock, before it begins, with its pooled connection.
+        Its automatic checkpoints become a backstop (once per connection). When the log is long, it copies what
+        was written during the thread's last checkpoint (little: that checkpoint copied the rest), so that it
+        finds the log fully copied and restarts it from its beginning."""
+        if not pooled.info.get("wal_backstop"):
+            pooled.driver_connection.execute(f"PRAGMA wal_autocheckpoint={self.BACKSTOP_PAGES}")
+            pooled.info["wal_backstop"] = True
         if self.restart_due:
             self.restart_due = False
-            self.checkpoint(dbapi_connection)
+            self.checkpoint(pooled.driver_connection)
 
     def written(self, resources: int) -> None:
         """A write transaction that wrote `resources` resources has committed."""

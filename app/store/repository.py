@@ -330,11 +330,8 @@ class Store:
                 checkpointer = self._checkpointer
                 if self._sqlite:
                     conn.info["sqlite_begin"] = "IMMEDIATE"
-                    if checkpointer is not None:
-                        if not conn.connection.info.get("wal_autocheckpoint_off"):
-                            checkpointer.prepare_writer(conn.connection.driver_connection)
-                            conn.connection.info["wal_autocheckpoint_off"] = True
-                        checkpointer.before_write(conn.connection.driver_connection)
+                if checkpointer is not None:
+                    checkpointer.before_write(conn.connection)
                 try:
                     with conn.begin():
                         tx = WriteTransaction(conn, self._sqlite, self.normalize)
