@@ -47,8 +47,9 @@ _tables: dict[str, Table] = {}
 _lock = threading.Lock()
 
 
-def check_resource(resource: dict[str, Any]) -> list[Issue]:
-    """Issues of a resource (code-invalid for required bindings, invalid for reference targets)."""
+def check_resource(resource: dict[str, Any], clean: frozenset[str] = frozenset()) -> list[Issue]:
+    """Issues of a resource (code-invalid for required bindings, invalid for reference targets). `clean`: top-level
+    keys whose elements are known to pass, not walked."""
     resource_type = resource.get("resourceType")
     if resource_type.__class__ is not str or resource_type not in RESOURCE_TYPES:
         return [Issue("invalid", f"{resource_type!r} is not a FHIR R4 resource type")]
@@ -56,7 +57,7 @@ def check_resource(resource: dict[str, Any]) -> list[Issue]:
     if table is None:
         table = _table(resource_type)
     out: list[Issue] = []
-    _walk(resource, table, (resource_type,), out)
+    _walk({k: v for k, v in resource.items() if k not in clean} if clean else resource, table, (resource_type,), out)
     return out
 
 

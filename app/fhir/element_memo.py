@@ -15,6 +15,11 @@ The verdict is the model's own: only values the model produced for a valid resou
 so that its errors are reported exactly as without the memo. The memo holds at most `2 * capacity` elements per
 process (two generations: an element used again survives a turnover, one-off values such as measured
 quantities age out).
+
+The rest of a write's per-element work depends on the element alone as well, so a remembered element carries it
+too (`Remembered`): whether it passed the semantic checks where it stands (`clean`: required bindings, reference
+targets, invariants; set by the caller once a whole resource passed them), and the search-index rows it gave
+(`rows`, filled by the indexer). The caller skips the checks of clean elements and reuses their rows.
 """
 
 from __future__ import annotations
@@ -66,6 +71,19 @@ class ElementMemo:
 MEMO = ElementMemo()
 
 
+class Remembered:
+    """An element seen in a valid resource: its JSON (for the equality check), the model's validated value, whether
+    it passed the semantic checks (`clean`), and the index rows extracted from it (None until extracted)."""
+
+    __slots__ = ("clean", "json", "rows", "value")
+
+    def __init__(self, json: Any, value: Any) -> None:
+        self.json = json
+        self.value = value
+        self.clean = False
+        self.rows: Any = None
+
+
 @cache
 def _attribute_names(model: type) -> dict[str, str]:
     """JSON key -> attribute name of every field of `model` (`class` -> `class_fhir`, `_birthDate` -> ...)."""
@@ -83,9 +101,18 @@ def validate(model: Any, resource: dict[str, Any], memo: ElementMemo = MEMO) -> 
     """`model.model_validate(resource)`, with the resource's complex top-level elements (objects and arrays of
     objects) taken from `memo` where the same JSON was validated for the same field before. Raises the model's
     ValidationError, computed from `resource` alone, when the resource is invalid."""
+    return validate_elements(model, resource, memo)[0]
+
+
+def validate_elements(
+    model: Any, resource: dict[str, Any], memo: ElementMemo = MEMO
+) -> tuple[Any, dict[str, Remembered]]:
+    """As `validate`, and the remembered entry of each of the resource's complex elements, by JSON key (those seen
+    before and those remembered now), for the caller's per-element work."""
     names = _attribute_names(model)
     substituted: dict[str, Any] | None = None
-    missed: list[tuple[str, MemoKey, Any]] = []
+    known: dict[str, Remembered] = {}
+    missed: list[tuple[str, str, MemoKey, Any]] = []
     for key, value in resource.items():
         kind = value.__class__
         if not (kind is dict or (kind is list and value and value[0].__class__ is dict)):
@@ -102,11 +129,12 @@ def validate(model: Any, resource: dict[str, Any], memo: ElementMemo = MEMO) -> 
         memo_key = (model, key, text)
         remembered = memo.get(memo_key)
         if remembered is None:
-            missed.append((name, memo_key, value))
-        elif remembered[0] == value:  # orjson writes NaN as null, a UUID or a date as a string: equal JSON only
+            missed.append((key, name, memo_key, value))
+        elif remembered.json == value:  # orjson writes NaN as null, a UUID or a date as a string: equal JSON only
             if substituted is None:
                 substituted = dict(resource)
-            substituted[key] = remembered[1]
+            substituted[key] = remembered.value
+            known[key] = remembered
     if substituted is None:
         instance = model.model_validate(resource)
     else:
@@ -115,10 +143,11 @@ def validate(model: Any, resource: dict[str, Any], memo: ElementMemo = MEMO) -> 
         except Exception:  # report the errors of the JSON as sent, exactly as without the memo
             instance = model.model_validate(resource)
             log.warning("%s: valid as sent, refused with remembered elements (a memo defect)", model.__name__)
-    for name, memo_key, value in missed:
+    for key, name, memo_key, value in missed:
         validated = getattr(instance, name, None)
         if _is_validated(validated):
             as_json = orjson.loads(memo_key[2])
             if as_json == value:  # a value orjson wrote faithfully (no NaN, UUID, date...): safe to reuse
-                memo.put(memo_key, (as_json, validated))
-    return instance
+                entry = known[key] = Remembered(as_json, validated)
+                memo.put(memo_key, entry)
+    return instance, known

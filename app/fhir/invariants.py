@@ -16,11 +16,18 @@ from app.fhir.dates import date_range
 from app.fhir.errors import Issue
 
 
-def check_invariants(resource: dict[str, Any]) -> list[Issue]:
+def check_invariants(resource: dict[str, Any], clean: frozenset[str] = frozenset()) -> list[Issue]:
+    """The invariants' issues; `clean`: top-level keys whose elements are known to pass them, not walked (valid only
+    where they do not depend on the rest of the resource: ref-1 does, on `contained`)."""
     resource_type = resource["resourceType"]
     issues: list[Issue] = []
     contained_ids = {c.get("id") for c in resource.get("contained", []) if isinstance(c, dict)}
-    _Walk(resource_type, contained_ids, issues).visit(resource)
+    walk = _Walk(resource_type, contained_ids, issues)
+    if clean:  # the root's own checks see the whole resource; its clean elements are not walked
+        walk.check(resource)
+        walk.visit({k: v for k, v in resource.items() if k not in clean}, check=False)
+    else:
+        walk.visit(resource)
     if resource_type == "Observation":
         _observation(resource, issues)
     return issues
@@ -39,9 +46,9 @@ class _Walk:
     def path(self, *more: str | int) -> str:
         return self.resource_type + "".join(f"[{k}]" if k.__class__ is int else f".{k}" for k in (*self.trail, *more))
 
-    def visit(self, node: dict[str, Any]) -> None:
-        if node:
-            self._check(node)
+    def visit(self, node: dict[str, Any], check: bool = True) -> None:
+        if check and node:
+            self.check(node)
         trail = self.trail
         for key, child in node.items():
             kind = child.__class__
@@ -76,7 +83,7 @@ class _Walk:
                     self._items(item)
                 trail.pop()
 
-    def _check(self, node: dict[str, Any]) -> None:
+    def check(self, node: dict[str, Any]) -> None:
         issues = self.issues
         value = node.get("value")
         if isinstance(value, int | float) and not isinstance(value, bool) and "code" in node and "system" not in node:

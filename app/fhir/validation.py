@@ -110,9 +110,10 @@ def validate_resource(resource: Any, expected_type: str | None = None) -> str:
     return resource_type
 
 
-def semantic_issues(resource: dict[str, Any]) -> list[Issue]:
-    """Checks for a structurally valid resource: required bindings, reference targets, invariants."""
-    return conformance.check_resource(resource) + check_invariants(resource)
+def semantic_issues(resource: dict[str, Any], clean: frozenset[str] = frozenset()) -> list[Issue]:
+    """Checks for a structurally valid resource: required bindings, reference targets, invariants. `clean`: top-level
+    keys whose elements are known to pass them where they stand (see `element_memo.Remembered`), not walked."""
+    return conformance.check_resource(resource, clean) + check_invariants(resource, clean)
 
 
 def model_issues(resource: dict[str, Any], memo: element_memo.ElementMemo = element_memo.MEMO) -> list[Issue]:
@@ -122,35 +123,40 @@ def model_issues(resource: dict[str, Any], memo: element_memo.ElementMemo = elem
     half of validation, and the part `ValidatorPool` runs in worker processes. `memo`: the complex elements
     validated before (an empty one validates every element).
     """
+    return model_verdict(resource, memo)[0]
+
+
+def model_verdict(
+    resource: dict[str, Any], memo: element_memo.ElementMemo = element_memo.MEMO
+) -> tuple[list[Issue], dict[str, element_memo.Remembered]]:
+    """`model_issues`, and for a valid resource the remembered entries of its complex elements, by JSON key."""
     resource_type = resource["resourceType"]
     try:
         model = model_class(resource_type)
     except ValueError:  # 18 R4 types (the MedicinalProduct* and Substance* families, ...) have no R4B model
-        return [
-            Issue(
-                "not-supported",
-                f"{resource_type} cannot be validated by this server (fhir.resources has "
-                "no R4B model for it), so it is not accepted.",
-                (resource_type,),
-            )
-        ]
-    try:
-        element_memo.validate(model, resource, memo)  # the model's verdict; repeated elements validated once
+        issue = Issue(
+            "not-supported",
+            f"{resource_type} cannot be validated by this server (fhir.resources has "
+            "no R4B model for it), so it is not accepted.",
+            (resource_type,),
+        )
+        return [issue], {}
+    try:  # the model's verdict; repeated elements validated once
+        _, known = element_memo.validate_elements(model, resource, memo)
     except ValidationError as exc:
-        return issues_from_pydantic(resource_type, exc)
+        return issues_from_pydantic(resource_type, exc), {}
     except (TypeError, KeyError):  # fhir_core fails this way on an embedded resource's bad resourceType
         found = conformance.check_resource(resource) + _contained_without_model(resource)
         if found:
-            return found
+            return found, {}
         log.exception("the R4B model of %s failed on a resource (answered 422)", resource_type)
-        return [
-            Issue(
-                "structure",
-                f"{resource_type}: the FHIR R4 models cannot read this resource; check the types of its elements.",
-                (resource_type,),
-            )
-        ]
-    return []
+        issue = Issue(
+            "structure",
+            f"{resource_type}: the FHIR R4 models cannot read this resource; check the types of its elements.",
+            (resource_type,),
+        )
+        return [issue], {}
+    return [], known
 
 
 def _contained_without_model(resource: dict[str, Any]) -> list[Issue]:
@@ -179,6 +185,7 @@ def validation_issues(resource: Any) -> list[Issue]:
 
 __all__ = [
     "model_issues",
+    "model_verdict",
     "parse_json",
     "require_resource_type",
     "unprocessable",

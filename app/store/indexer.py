@@ -9,7 +9,7 @@ This runs on the ingest hot path, so it walks plain dicts and precompiles per re
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cache
@@ -18,6 +18,7 @@ from typing import Any
 from app.eligibility.facts import clinical_facts
 from app.fhir.dates import date_range
 from app.fhir.definitions import SearchParameter, SearchPath, patient_compartment, search_parameters
+from app.fhir.element_memo import Remembered
 from app.fhir.ucum import UCUM_SYSTEM
 from app.fhir.ucum import conversion as ucum_conversion
 
@@ -464,28 +465,57 @@ def _composite_rows(resource: dict[str, Any], composite: _Composite) -> list[Row
 
 
 def extract(
-    resource_type: str, res_id: str, resource: dict[str, Any], *, only: frozenset[str] | None = None
+    resource_type: str,
+    res_id: str,
+    resource: dict[str, Any],
+    *,
+    only: frozenset[str] | None = None,
+    remembered: Mapping[str, Remembered] | None = None,
 ) -> IndexRows:
     """Every index row for one resource (of the parameters `only`, when given), the eligibility facts derived
-    from them (under "fact"), plus the id of the patient whose compartment holds it."""
+    from them (under "fact"), plus the id of the patient whose compartment holds it. `remembered`: validation's
+    entries for the resource's complex elements (by JSON key); an element's rows depend on it alone, so they are
+    taken from its entry when it has them, and left in it when not."""
     plan = _plan(resource_type)
     rows: dict[str, list[Row]] = {}
     patient_id = res_id if resource_type == "Patient" else None
+    compartment = plan.compartment
     for key, first in resource.items():
-        for code, kind, path in plan.by_first_key.get(key, ()):
-            if only is not None and code not in only and code not in plan.compartment:
+        parameters = plan.by_first_key.get(key)
+        if not parameters:
+            continue
+        entry = None if remembered is None or only is not None else remembered.get(key)
+        if entry is not None and entry.rows is not None:
+            for kind, template in entry.rows:
+                row = template.copy()
+                rows.setdefault(kind, []).append(row)
+                if (
+                    patient_id is None
+                    and kind == "reference"
+                    and row["param"] in compartment
+                    and row["target_type"] == "Patient"
+                ):
+                    patient_id = row["target_id"]
+            continue
+        made: list[tuple[str, Row]] | None = None if entry is None else []
+        for code, kind, path in parameters:
+            if only is not None and code not in only and code not in compartment:
                 continue
             for value in _elements(first, path):
                 for row in _rows_for(kind, value, path):
                     row["param"] = code + row.pop("param_suffix", "")
                     rows.setdefault(kind, []).append(row)
+                    if made is not None:
+                        made.append((kind, row.copy()))  # before the resource's own columns are added below
                     if (
                         patient_id is None
                         and kind == "reference"
-                        and code in plan.compartment
+                        and code in compartment
                         and row["target_type"] == "Patient"
                     ):
                         patient_id = row["target_id"]
+        if entry is not None:
+            entry.rows = made
     if plan.composites and only is None:
         composite_rows = [
             row

@@ -224,3 +224,88 @@ def test_large_elements_are_not_remembered() -> None:
     narrative = {"status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{"x" * 5000}</div>'}
     element_memo.validate(model_class("Observation"), {**_observation(), "text": narrative}, memo)
     assert {key[1] for key in memo._young} == {"code", "subject", "valueQuantity"}
+
+
+# ------------------------------------------------------- the rest of a write's checks, from the same memo
+
+
+def _ids(resource: dict[str, Any]) -> dict[str, Any]:
+    """The resource as a write stamps it: an id (its index rows are keyed by it) and meta."""
+    return {
+        **resource,
+        "id": resource.get("id", "x1"),
+        "meta": {"versionId": "1", "lastUpdated": "2026-12-07T10:00:00Z"},
+    }
+
+
+def _full_check(resource: dict[str, Any], memo: ElementMemo, sqlite: bool = True) -> Any:
+    from app.fhir.validator_pool import check_resource
+
+    return check_resource(copy.deepcopy(resource), resource["id"], sqlite=sqlite, memo=memo)
+
+
+@pytest.fixture(scope="module")
+def warm_check_memo() -> ElementMemo:
+    """A memo holding every example's elements, with their semantic verdicts and index rows (two passes: the
+    second reuses what the first remembered)."""
+    memo = ElementMemo(capacity=100_000)
+    for _ in range(2):
+        for line in examples():
+            _full_check(_ids(orjson.loads(line)), memo)
+    return memo
+
+
+def test_checks_and_index_rows_of_the_examples_are_those_made_without_the_memo(warm_check_memo: ElementMemo) -> None:
+    remembered = list(warm_check_memo._young.values()) + list(warm_check_memo._old.values())
+    assert sum(1 for entry in remembered if entry.clean and entry.rows) > 200  # verdicts and rows to reuse
+    for line in examples():
+        resource = _ids(orjson.loads(line))
+        for sqlite in (True, False):
+            assert _full_check(resource, warm_check_memo, sqlite) == _full_check(resource, ElementMemo(), sqlite)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), damages=st.integers(min_value=1, max_value=3))
+def test_damaged_examples_get_the_same_checks_and_rows_as_without_the_memo(
+    warm_check_memo: ElementMemo, data: st.DataObject, damages: int
+) -> None:
+    """Damage deep inside an element changes its JSON (so it is checked afresh); damage elsewhere leaves the
+    remembered elements beside it, whose verdicts and rows are reused."""
+    resource = _ids(orjson.loads(data.draw(st.sampled_from(examples()))))
+    for _ in range(damages):
+        paths = [p for p in _paths(resource) if p[0] not in ("resourceType", "id")]
+        if not paths:
+            break
+        kind, value = data.draw(DAMAGE)
+        _damage(resource, data.draw(st.sampled_from(paths)), kind, value)
+    assert _full_check(resource, warm_check_memo) == _full_check(resource, ElementMemo())
+
+
+def test_a_local_reference_is_checked_again_where_contained_resources_differ() -> None:
+    """ref-1 depends on the resource around the element: an element clean in one resource is checked in another."""
+    memo = ElementMemo()
+    performer = [{"reference": "#doc"}]
+    with_doc = _ids(
+        {
+            **_observation(),
+            "contained": [{"resourceType": "Practitioner", "id": "doc"}],
+            "performer": performer,
+        }
+    )
+    assert _full_check(with_doc, memo).issues == []
+    without_doc = _ids({**_observation(), "performer": performer})
+    issues = _full_check(without_doc, memo).issues
+    assert [i.expression for i in issues] == [("Observation.performer[0].reference",)]
+    again = _full_check(without_doc, memo).issues  # remembered from a resource without contained: still checked
+    assert again == issues
+
+
+def test_index_rows_of_a_remembered_element_carry_the_new_resources_id_and_patient() -> None:
+    memo = ElementMemo()
+    first = _full_check(_ids({**_observation(), "id": "o1"}), memo)
+    second = _full_check(_ids({**_observation(value=9.0), "id": "o2"}), memo)
+    assert first.index is not None and second.index is not None
+    tokens = second.index.tuples["token"]
+    assert tokens and all(row[1] == "o2" and row[-1] == "p1" for row in tokens)
+    assert second.index.patient_id == "p1"
+    assert [row[2:-1] for row in first.index.tuples["token"]] == [row[2:-1] for row in tokens]
