@@ -14,15 +14,17 @@ import logging
 import re
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
+
+import orjson
 
 from app.fhir import interactions
 from app.fhir.definitions import resource_types
 from app.fhir.errors import FhirError, Issue, bad_request, operation_outcome, precondition_failed
 from app.fhir.interactions import InteractionResult
-from app.fhir.references import ReferenceSite, find_references, local_reference, rewrite_references
+from app.fhir.references import BundleReferences, ReferenceSite, find_references, rewrite_references
 from app.fhir.searchset import SearchContext, search_bundle
 from app.fhir.validation import check_id, validation_issues
 from app.fhir.validator_pool import INLINE, ValidatorPool
@@ -43,6 +45,9 @@ class BundleOptions:
     default_count: int = 50
     max_count: int = 1000
     validator: ValidatorPool = INLINE
+    # False only when the bundle is known to hold no conditional reference (`may_hold_conditional_references` on
+    # the body as received): then new resources' references are resolved by the validation workers.
+    conditional_references_possible: bool = True
 
 
 @dataclass
@@ -222,7 +227,14 @@ def _transaction(store: Store, raw_entries: list[Any], options: BundleOptions) -
     entries = [_parse_entry(i, raw, options) for i, raw in enumerate(raw_entries)]
     _reject_duplicate_targets(entries)
     results: dict[int, dict[str, Any]] = {}
-    sites = {e.index: find_references(e.resource, f"{e.where}.resource") for e in entries if _writes(e)}
+    # Without conditional references, a new resource's references need only the bundle's ids: they are resolved
+    # where it is checked (in the validation workers), not here first.
+    resolved_in_checks = not options.conditional_references_possible
+    sites = {
+        e.index: find_references(e.resource, f"{e.where}.resource")
+        for e in entries
+        if _writes(e) and not (resolved_in_checks and e.method == "POST")
+    }
     with store.transaction() as tx:
         tx.lock_conditions(_conditions(entries, sites))
         id_map = _resolve_identities(tx, entries)
@@ -240,38 +252,64 @@ def _transaction(store: Store, raw_entries: list[Any], options: BundleOptions) -
 
         def prepared() -> Iterator[tuple[dict[str, Any], str | None]]:
             """Each resource to check, once final: when new, stamped as stored (the workers that check it then also
-            extract its index rows); the rest is checked as sent. Produced one by one, so that big bundles are
-            checked chunk by chunk while the next chunk is stamped."""
+            extract its index rows, and resolve its references when they were left to them); the rest is checked
+            as sent. Produced one by one, so that big bundles are checked chunk by chunk while the next chunk is
+            stamped."""
             for e in writing:
                 stamped = _stamped_if_new(tx, e)
                 if stamped is None:
                     assert e.resource is not None
+                    if e.index not in sites:  # left to the checks, which resolve only what they store
+                        rewrite_references(find_references(e.resource, f"{e.where}.resource"), resolver)
                     yield e.resource, None
                 else:
                     created[e.index] = stamped
                     yield cast(dict[str, Any], stamped.content), e.target_id
 
-        checks = options.validator.check_each(prepared(), len(writing), sqlite=tx.sqlite)
         issues: list[Issue] = []
+        unresolved: list[Issue] = []
         failure: Exception | None = None
+
+        def write_meanwhile() -> None:
+            """While the workers check the next resources: write the creates buffered so far (unless nothing will
+            be written), so that little is left to write once the last verdict is in."""
+            nonlocal failure
+            if failure is None and not (resolver.issues or unresolved or issues):
+                try:
+                    tx.flush()
+                except Exception as exc:  # reported after validation, as below
+                    failure = exc
+
+        checks = options.validator.check_each(
+            prepared(),
+            len(writing),
+            sqlite=tx.sqlite,
+            references=BundleReferences(id_map, options.base_url) if resolved_in_checks else None,
+            while_waiting=write_meanwhile,
+        )
         for entry in ordered:
             checked = next(checks) if _writes(entry) else None
-            if checked is not None and checked.issues:
+            if checked is not None:
                 issues.extend(i.under(f"{entry.where}.resource") for i in checked.issues)
-            if resolver.issues or issues or failure is not None:
+                unresolved.extend(i.under(f"{entry.where}.resource") for i in checked.unresolved)
+            if resolver.issues or unresolved or issues or failure is not None:
                 continue  # nothing will be written: only the remaining checks are wanted, for the report
             try:
                 if entry.index in created:
-                    result = tx.add_created(created[entry.index], checked.index if checked else None)
-                    results[entry.index] = _response_entry(InteractionResult(201, result.stored), entry, options)
+                    assert checked is not None
+                    stored = tx.add_created(created[entry.index], checked.index, checked.content).stored
+                    if options.prefer_return == "representation" and checked.content is not None:
+                        stored = replace(stored, content=orjson.loads(checked.content))  # as resolved in the check
+                    results[entry.index] = _response_entry(InteractionResult(201, stored), entry, options)
                 else:
                     results[entry.index] = _response_entry(_execute(tx, entry, options), entry, options)
             except FhirError as exc:
                 failure = _at_entry(exc, entry)
             except Exception as exc:  # reported after validation, which explains most failures
                 failure = exc
-        if resolver.issues or issues:
-            raise FhirError(_rejection_status(resolver.issues), (resolver.issues + issues)[:MAX_REPORTED_ISSUES])
+        reference_issues = resolver.issues + unresolved
+        if reference_issues or issues:
+            raise FhirError(_rejection_status(reference_issues), (reference_issues + issues)[:MAX_REPORTED_ISSUES])
         if failure is not None:
             raise failure
     return {
@@ -383,35 +421,20 @@ class _ReferenceResolver:
 
     def __init__(self, tx: WriteTransaction, id_map: dict[str, str], base_url: str) -> None:
         self.tx = tx
-        self.id_map = id_map
-        self.base = base_url.rstrip("/") + "/"
+        self.local = BundleReferences(id_map, base_url)
         self.cache: dict[str, str | None] = {}
         self.issues: list[Issue] = []
 
     def __call__(self, reference: str, location: str) -> str | None:
-        mapped = self.id_map.get(reference)
-        if mapped is not None:
-            return mapped
-        if reference.startswith("urn:uuid:") or reference.startswith("urn:oid:"):
-            self.issues.append(
-                Issue(
-                    "not-found",
-                    f"The reference {reference!r} names no entry's fullUrl in this "
-                    "bundle; add that entry or use Type/id.",
-                    (f"{location}.reference",),
-                )
-            )
-            return None
-        local = local_reference(reference, self.base)
-        if local is not None:  # an absolute reference to this server: stored relative
-            return local
-        if reference.startswith(self.base):
-            reference = reference[len(self.base) :]
-        if "?" not in reference or reference.startswith("#"):
-            return None
-        if reference not in self.cache:
-            self.cache[reference] = self._conditional(reference, location)
-        return self.cache[reference]
+        resolved, issue = self.local.resolve(reference, location)
+        if issue is not None:
+            self.issues.append(issue)
+        conditional = None if resolved is not None or issue is not None else self.local.conditional(reference)
+        if conditional is None:
+            return resolved
+        if conditional not in self.cache:
+            self.cache[conditional] = self._conditional(conditional, location)
+        return self.cache[conditional]
 
     def _conditional(self, reference: str, location: str) -> str | None:
         resource_type, _, condition = reference.partition("?")

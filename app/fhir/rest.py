@@ -18,7 +18,7 @@ from app.fhir.dates import date_range
 from app.fhir.definitions import resource_types
 from app.fhir.errors import FhirError, Issue, bad_request, not_found, not_supported, operation_outcome
 from app.fhir.interactions import InteractionResult
-from app.fhir.references import localize_references
+from app.fhir.references import localize_references, may_hold_conditional_references
 from app.fhir.searchset import SearchContext, history_bundle, search_bundle
 from app.fhir.validation import check_id, parse_json, require_resource_type, validate_resource
 from app.fhir.validator_pool import INLINE, ValidatorPool
@@ -249,6 +249,7 @@ class FhirService:
             default_count=self.limits.default_page_size,
             max_count=self.limits.max_page_size,
             validator=self.validator,
+            conditional_references_possible=may_hold_conditional_references(raw),
         )
         return FhirReply(200, bundle.process(self.store, document, options))
 

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import marshal
 import multiprocessing
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from app.fhir.element_memo import MEMO, ElementMemo
 from app.fhir.errors import Issue
-from app.fhir.validation import model_issues, semantic_issues
+from app.fhir.references import BundleReferences
+from app.fhir.validation import model_verdict, semantic_issues
 from app.runtime import settle_heap, usable_cores
 from app.store import indexer
 from app.store.bulk import StorageIndex, storage_index
@@ -34,48 +36,123 @@ CHUNK = 100
 class Checked:
     """One resource's verdict: what is wrong with it ([] when valid) and, when it was sent with the id it
     will be stored under and passed, its search-index rows in the database's storage format (tuples of
-    strings and numbers: they cross back from a worker process several times cheaper than dicts of datetimes)."""
+    strings and numbers: they cross back from a worker process several times cheaper than dicts of datetimes)
+    and its content as the JSON text to store. `unresolved`: the references that named no entry of the
+    bundle, when the check resolved them (see `BundleReferences`)."""
 
     issues: list[Issue]
     index: StorageIndex | None = None
+    content: str | None = None
+    unresolved: list[Issue] = field(default_factory=list)
 
 
-def check_resource(resource: dict[str, Any], index_id: str | None = None, *, sqlite: bool = False) -> Checked:
+def check_resource(
+    resource: dict[str, Any],
+    index_id: str | None = None,
+    *,
+    sqlite: bool = False,
+    references: BundleReferences | None = None,
+    memo: ElementMemo = MEMO,
+) -> Checked:
     """Model validation, then (only for a structurally valid resource) the semantic checks, then (only for
-    a valid one, given the id it is stored under) the index rows, for SQLite or PostgreSQL."""
-    issues = model_issues(resource) or semantic_issues(resource)
-    if issues or index_id is None:
-        return Checked(issues)
-    return Checked([], storage_index(indexer.extract(resource["resourceType"], index_id, resource), sqlite))
+    a valid one, given the id it is stored under) the index rows, for SQLite or PostgreSQL, and the JSON text
+    to store. With `references`, the resource's references are resolved first, in place. `memo`: the elements
+    seen before, whose validation, checks and index rows are reused (see `element_memo`)."""
+    unresolved = [] if references is None else references.rewrite(resource, resource["resourceType"])
+    issues, known = model_verdict(resource, memo)
+    # An element that passed the semantic checks before passes them again, unless they depend on the rest of the
+    # resource: a local reference (ref-1) on what it contains.
+    context_free = "contained" not in resource
+    if not issues:
+        clean = frozenset(key for key, entry in known.items() if entry.clean) if context_free else frozenset()
+        issues = semantic_issues(resource, clean)
+        if not issues and context_free:
+            for entry in known.values():
+                entry.clean = True
+    if issues or unresolved or index_id is None:
+        return Checked(issues, unresolved=unresolved)
+    rows = indexer.extract(resource["resourceType"], index_id, resource, remembered=known)
+    return Checked([], storage_index(rows, sqlite), orjson.dumps(resource).decode())
 
 
-# A verdict as it crosses back from a worker: (issues as field tuples, index tuples per table or None, patient id).
-Packed = tuple[tuple[tuple[Any, ...], ...], dict[str, list[tuple[Any, ...]]] | None, str | None]
+# A verdict as it crosses back from a worker: issues and unresolved references as field tuples, index tuples per
+# table (or None), patient id, JSON text to store.
+_Fields = tuple[tuple[Any, ...], ...]
+Packed = tuple[_Fields, dict[str, list[tuple[Any, ...]]] | None, str | None, str | None, _Fields]
+
+
+def _fields(issues: list[Issue]) -> _Fields:
+    return tuple((i.code, i.diagnostics, i.expression, i.severity) for i in issues)
 
 
 def _packed(checked: Checked) -> Packed:
-    issues = tuple((i.code, i.diagnostics, i.expression, i.severity) for i in checked.issues)
-    if checked.index is None:
-        return issues, None, None
-    return issues, checked.index.tuples, checked.index.patient_id
+    index = checked.index
+    return (
+        _fields(checked.issues),
+        None if index is None else index.tuples,
+        None if index is None else index.patient_id,
+        checked.content,
+        _fields(checked.unresolved),
+    )
 
 
 def _unpacked(packed: Packed) -> Checked:
-    issues, tuples, patient_id = packed
-    return Checked([Issue(*fields) for fields in issues], None if tuples is None else StorageIndex(tuples, patient_id))
+    issues, tuples, patient_id, content, unresolved = packed
+    return Checked(
+        [Issue(*fields) for fields in issues],
+        None if tuples is None else StorageIndex(tuples, patient_id),
+        content,
+        [Issue(*fields) for fields in unresolved],
+    )
 
 
-def _check_chunk(payload: bytes, sqlite: bool) -> bytes:
+# The last bundle's references a worker resolved with: every chunk of a bundle carries them (as JSON), and a
+# worker parses them once.
+_bundle_references: tuple[bytes, dict[str, str], str] | None = None
+
+
+def _references(payload: bytes) -> BundleReferences:
+    global _bundle_references
+    if _bundle_references is None or _bundle_references[0] != payload:
+        id_map, base = orjson.loads(payload)
+        _bundle_references = (payload, id_map, base)
+    return BundleReferences(_bundle_references[1], _bundle_references[2])
+
+
+def _check_chunk(payload: bytes, sqlite: bool, references: bytes | None) -> bytes:
     """A chunk's verdicts, marshalled: plain tuples, lists, strings and numbers load in C several times faster
     than pickled dataclasses, and the pool's result thread only passes the bytes on (it holds the GIL the
-    request thread needs while it unpickles)."""
+    request thread needs while it unpickles). With `references` (a bundle's id map and base, as JSON), the
+    references of the resources sent with an id are resolved before they are checked."""
     resources, index_ids = orjson.loads(payload)
+    resolver = None if references is None else _references(references)
     return marshal.dumps(
         [
-            _packed(check_resource(resource, index_id, sqlite=sqlite))
+            _packed(
+                check_resource(resource, index_id, sqlite=sqlite, references=resolver if index_id is not None else None)
+            )
             for resource, index_id in zip(resources, index_ids, strict=True)
         ]
     )
+
+
+def chunk_sizes(count: int) -> list[int]:
+    """How `count` resources are cut into chunks for the workers: CHUNK each, except a smaller first one (the
+    workers start sooner) and smaller last ones (the last verdicts come sooner after the others, so little is
+    left to write after them: what is written after the last verdict runs on one core)."""
+    small = CHUNK // 2
+    if count <= 2 * CHUNK:
+        return [small] * (count // small) + ([count % small] if count % small else [])
+    middle = count - 3 * small
+    sizes = [small] + [CHUNK] * (middle // CHUNK) + ([middle % CHUNK] if middle % CHUNK else []) + [small, small]
+    return sizes
+
+
+def _verdicts(futures: list[Future[bytes]], while_waiting: Callable[[], object] | None) -> Iterator[Checked]:
+    for future in futures:
+        if while_waiting is not None and not future.done():
+            while_waiting()
+        yield from (_unpacked(packed) for packed in marshal.loads(future.result()))  # noqa: S302 - our own workers' bytes
 
 
 def default_workers() -> int:
@@ -108,26 +185,43 @@ class ValidatorPool:
         return self.check_each(zip(resources, ids, strict=True), len(resources), sqlite=sqlite)
 
     def check_each(
-        self, items: Iterable[tuple[dict[str, Any], str | None]], count: int, *, sqlite: bool = False
+        self,
+        items: Iterable[tuple[dict[str, Any], str | None]],
+        count: int,
+        *,
+        sqlite: bool = False,
+        references: BundleReferences | None = None,
+        while_waiting: Callable[[], object] | None = None,
     ) -> Iterator[Checked]:
         """As `check`, for `count` (resource, index id) pairs produced one by one: each chunk goes to a worker
-        as soon as its last resource is produced, so the caller prepares the next chunk (rewrites its
-        references, stamps it) while the workers check this one. Inline (few resources, or no pool), `items`
-        is consumed lazily, one resource per result."""
+        as soon as its last resource is produced, so the caller prepares the next chunk (stamps it) while the
+        workers check this one. Inline (few resources, or no pool), `items` is consumed lazily, one resource per
+        result. With `references`, the references of the resources sent with an id are resolved where they are
+        checked (in place, inline), and each `Checked.content` is the resource as resolved. `while_waiting` is
+        called whenever the next verdict is not there yet (the caller writes what it has meanwhile)."""
         if self._pool is None or count < INLINE_BELOW:
-            return (check_resource(resource, index_id, sqlite=sqlite) for resource, index_id in items)
+            return (
+                check_resource(
+                    resource, index_id, sqlite=sqlite, references=references if index_id is not None else None
+                )
+                for resource, index_id in items
+            )
+        shipped = None if references is None else orjson.dumps([references.id_map, references.base])
         futures: list[Future[bytes]] = []
         resources: list[dict[str, Any]] = []
         ids: list[str | None] = []
+        sizes = iter(chunk_sizes(count))
+        size = next(sizes)
         for resource, index_id in items:
             resources.append(resource)
             ids.append(index_id)
-            if len(resources) == CHUNK:
-                futures.append(self._pool.submit(_check_chunk, orjson.dumps([resources, ids]), sqlite))
+            if len(resources) == size:
+                futures.append(self._pool.submit(_check_chunk, orjson.dumps([resources, ids]), sqlite, shipped))
                 resources, ids = [], []
+                size = next(sizes, CHUNK)
         if resources:
-            futures.append(self._pool.submit(_check_chunk, orjson.dumps([resources, ids]), sqlite))
-        return (_unpacked(packed) for future in futures for packed in marshal.loads(future.result()))  # noqa: S302 - our own workers' bytes
+            futures.append(self._pool.submit(_check_chunk, orjson.dumps([resources, ids]), sqlite, shipped))
+        return _verdicts(futures, while_waiting)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -72,23 +72,36 @@ def _compile_builder(names: list[str], kinds: list[str | None], sqlite: bool) ->
     return cast(RowsToTuples, namespace["build"])
 
 
-_BUILDERS: dict[tuple[str, tuple[str, ...], bool], RowsToTuples] = {}
+_BUILDERS: dict[tuple[str, tuple[str, ...], bool, frozenset[str]], RowsToTuples] = {}
 
 
-def _builder(table: Table, sqlite: bool) -> RowsToTuples:
+def _builder(table: Table, sqlite: bool, serialized: frozenset[str] = frozenset()) -> RowsToTuples:
     names = tuple(c.name for c in table.columns)
-    key = (table.name, names, sqlite)  # a reflected table may have other columns than the model's
+    key = (table.name, names, sqlite, serialized)  # a reflected table may have other columns than the model's
     builder = _BUILDERS.get(key)
     if builder is None:
-        kinds = [_storage_kind(c) for c in table.columns]
+        kinds = [None if c.name in serialized else _storage_kind(c) for c in table.columns]
         builder = _BUILDERS[key] = _compile_builder(list(names), kinds, sqlite)
     return builder
 
 
-def storage_tuples(table: Table, rows: list[dict[str, Any]], sqlite: bool) -> list[tuple[Any, ...]]:
+def storage_tuples(
+    table: Table, rows: list[dict[str, Any]], sqlite: bool, *, serialized: frozenset[str] = frozenset()
+) -> list[tuple[Any, ...]]:
     """Rows as tuples in the table's column order and the database's storage format (what `insert_tuples`
-    takes): JSON serialised, datetimes as the strings each database stores or parses."""
-    return _builder(table, sqlite)(rows)
+    takes): JSON serialised (except in the `serialized` columns, whose values are JSON text already),
+    datetimes as the strings each database stores or parses."""
+    return _builder(table, sqlite, serialized)(rows)
+
+
+def storage_datetime(value: datetime, sqlite: bool) -> str:
+    """A value of a datetime column in storage format (what `storage_tuples` makes of it)."""
+    return _sqlite_datetime(value) if sqlite else _iso_datetime(value)
+
+
+def json_text(value: Any) -> str:
+    """A value of a JSON column in storage format (what `storage_tuples` makes of it)."""
+    return _json_text(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,15 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from app.fhir.errors import FhirError, conflict, gone, not_found, precondition_failed
 from app.store import indexer
-from app.store.bulk import StorageIndex, bulk_insert, insert_tuples, storage_index
+from app.store.bulk import (
+    StorageIndex,
+    bulk_insert,
+    insert_tuples,
+    json_text,
+    storage_datetime,
+    storage_index,
+    storage_tuples,
+)
 from app.store.db import WalCheckpointer, is_sqlite
 from app.store.schema import INDEX_TABLES, Resource, ResourceHistory
 from app.store.search import (
@@ -46,6 +54,8 @@ from app.store.search import (
 _FLUSH_EVERY = 200
 _PREFETCH_CHUNK = 500  # ids per IN list: well under SQLite's 32,766 bound variables
 _RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
+# Buffered creates carry their content as JSON text, and the transaction's instant in storage format, already.
+_SERIALIZED = frozenset({"content", "last_updated"})
 
 # (resource type, content) -> content to store: e.g. alias codings completed. Injected (the store knows
 # nothing of mappings); must return the same dict when it changes nothing, and never mutate its input.
@@ -472,6 +482,7 @@ class WriteTransaction:
         self._sqlite = sqlite
         self._normalize = normalize
         self.now = datetime.now(UTC)
+        self._now_stored = storage_datetime(self.now, sqlite)  # every create of the transaction is stamped with it
         self._pending_resources: list[dict[str, Any]] = []
         self._pending_index: dict[str, list[tuple[Any, ...]]] = {}  # storage tuples per index table
         self._pending_keys: set[tuple[str, str]] = set()
@@ -493,10 +504,14 @@ class WriteTransaction:
             content = self._normalize(resource_type, content)
         return self._stamp(resource_type, res_id, 1, content, "POST")
 
-    def add_created(self, stored: StoredResource, index: StorageIndex | None = None) -> WriteResult:
+    def add_created(
+        self, stored: StoredResource, index: StorageIndex | None = None, content: str | None = None
+    ) -> WriteResult:
         """Write a resource from `stamp_new`, with its index rows when they were already extracted (for this
-        database: see `sqlite`)."""
-        self._queue(stored, index)
+        database: see `sqlite`) and, given as `content`, the JSON text to store instead of `stored.content`
+        (from the check that extracted the rows: the validation workers resolve a bundle's references in their
+        own copy)."""
+        self._queue(stored, index, content)
         return WriteResult(stored, created=True)
 
     def _create(self, resource_type: str, content: dict[str, Any], res_id: str | None) -> WriteResult:
@@ -521,7 +536,7 @@ class WriteTransaction:
         """Is the database SQLite (whose storage format index rows prepared elsewhere must use)?"""
         return self._sqlite
 
-    def _queue(self, stored: StoredResource, index: StorageIndex | None = None) -> None:
+    def _queue(self, stored: StoredResource, index: StorageIndex | None = None, content: str | None = None) -> None:
         assert stored.content is not None
         if index is None:
             index = storage_index(indexer.extract(stored.resource_type, stored.id, stored.content), self._sqlite)
@@ -530,10 +545,10 @@ class WriteTransaction:
                 "res_type": stored.resource_type,
                 "res_id": stored.id,
                 "version_id": stored.version_id,
-                "last_updated": self.now,
+                "last_updated": self._now_stored,
                 "deleted": False,
                 "patient_id": index.patient_id,
-                "content": stored.content,
+                "content": json_text(stored.content) if content is None else content,
             }
         )
         for kind, tuples in index.tuples.items():
@@ -545,7 +560,8 @@ class WriteTransaction:
 
     def flush(self) -> None:
         if self._pending_resources:
-            bulk_insert(self.conn, resource_table, self._pending_resources)
+            tuples = storage_tuples(resource_table, self._pending_resources, self._sqlite, serialized=_SERIALIZED)
+            insert_tuples(self.conn, resource_table, tuples)
             self._pending_resources = []
         for kind, tuples in self._pending_index.items():
             insert_tuples(self.conn, INDEX_TABLES[kind], tuples)

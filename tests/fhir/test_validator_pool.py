@@ -3,12 +3,15 @@ index rows of the valid resources sent with an id."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 
-from app.fhir.validator_pool import CHUNK, INLINE, INLINE_BELOW, ValidatorPool, check_resource
+from app.fhir.references import BundleReferences
+from app.fhir.validator_pool import CHUNK, INLINE, INLINE_BELOW, ValidatorPool, check_resource, chunk_sizes
 from app.store import indexer
 from app.store.bulk import storage_index
 from app.store.schema import idx_date, idx_token
@@ -78,3 +81,61 @@ def test_a_single_resource_is_checked_inline_the_same_way() -> None:
     assert check_resource(resource, "o1").issues
     assert check_resource(resource, "o1").index is None
     assert check_resource(observation(2), None).index is None
+
+
+# ------------------------------------------------------------------ references resolved where checked
+
+
+def referring(n: int) -> dict[str, Any]:
+    resource = observation(n)
+    resource["subject"] = {"reference": f"urn:uuid:{n % 7}"}
+    resource["performer"] = [{"reference": "https://trialbridge.example/fhir/Practitioner/d1"}]
+    return resource
+
+
+def test_references_resolved_in_the_workers_are_those_resolved_inline(pool: ValidatorPool) -> None:
+    references = BundleReferences(
+        {f"urn:uuid:{k}": f"Patient/p{k}" for k in range(6)}, "https://trialbridge.example/fhir"
+    )
+    resources = [referring(n) for n in range(2 * CHUNK + 17)]  # urn:uuid:6 names no entry
+    ids = [r["id"] for r in resources]
+    pooled = list(pool.check_each(zip(copy.deepcopy(resources), ids, strict=True), len(ids), references=references))
+    inline = list(INLINE.check_each(zip(resources, ids, strict=True), len(ids), references=references))
+    assert pooled == inline
+    for n, (resource, checked) in enumerate(zip(resources, pooled, strict=True)):
+        if n % 7 == 6:
+            assert checked.index is None and checked.content is None
+            assert [i.expression for i in checked.unresolved] == [("Observation.subject.reference",)]
+        else:
+            assert checked.unresolved == [] and checked.issues == []
+            stored = orjson.loads(checked.content or "")
+            assert stored == resource  # inline resolves in place: the content is the resource as resolved
+            assert stored["subject"] == {"reference": f"Patient/p{n % 7}"}
+            assert stored["performer"] == [{"reference": "Practitioner/d1"}]
+            assert checked.index is not None and checked.index.patient_id == f"p{n % 7}"
+
+
+def test_resources_sent_without_an_id_are_checked_as_sent(pool: ValidatorPool) -> None:
+    references = BundleReferences({"urn:uuid:1": "Patient/p1"}, "https://trialbridge.example/fhir")
+    resources = [referring(1) for _ in range(INLINE_BELOW)]
+    checks = list(pool.check_each(((r, None) for r in resources), len(resources), references=references))
+    assert all(c.issues == [] and c.unresolved == [] and c.content is None and c.index is None for c in checks)
+
+
+@pytest.mark.parametrize("count", [1, 49, 50, 64, 100, 199, 200, 201, 299, 1000, 1049, 5001])
+def test_chunks_cover_every_resource_once_and_end_small(count: int) -> None:
+    sizes = chunk_sizes(count)
+    assert sum(sizes) == count and all(0 < size <= CHUNK for size in sizes)
+    assert sizes[0] <= CHUNK // 2  # the workers start early
+    if count > 2 * CHUNK:
+        assert sizes[-2:] == [CHUNK // 2, CHUNK // 2]  # and the last verdicts come soon after the others
+
+
+def test_the_caller_is_told_when_a_verdict_is_not_there_yet(pool: ValidatorPool) -> None:
+    waits: list[int] = []
+    resources = [observation(n) for n in range(3 * CHUNK)]
+    checks = pool.check_each(
+        ((r, r["id"]) for r in resources), len(resources), while_waiting=lambda: waits.append(len(waits))
+    )
+    assert len(list(checks)) == len(resources)
+    assert waits  # the first chunk cannot be back the moment it was sent
