@@ -230,11 +230,7 @@ def _transaction(store: Store, raw_entries: list[Any], options: BundleOptions) -
     # Without conditional references, a new resource's references need only the bundle's ids: they are resolved
     # where it is checked (in the validation workers), not here first.
     resolved_in_checks = not options.conditional_references_possible
-    sites = {
-        e.index: find_references(e.resource, f"{e.where}.resource")
-        for e in entries
-        if _writes(e) and not (resolved_in_checks and e.method == "POST")
-    }
+    sites = {e.index: _sites(e) for e in entries if _writes(e) and not (resolved_in_checks and e.method == "POST")}
     with store.transaction() as tx:
         tx.lock_conditions(_conditions(entries, sites))
         id_map = _resolve_identities(tx, entries)
@@ -260,7 +256,7 @@ def _transaction(store: Store, raw_entries: list[Any], options: BundleOptions) -
                 if stamped is None:
                     assert e.resource is not None
                     if e.index not in sites:  # left to the checks, which resolve only what they store
-                        rewrite_references(find_references(e.resource, f"{e.where}.resource"), resolver)
+                        rewrite_references(_sites(e), resolver)
                     yield e.resource, None
                 else:
                     created[e.index] = stamped
@@ -298,8 +294,8 @@ def _transaction(store: Store, raw_entries: list[Any], options: BundleOptions) -
                 if entry.index in created:
                     assert checked is not None
                     stored = tx.add_created(created[entry.index], checked.index, checked.content).stored
-                    if options.prefer_return == "representation" and checked.content is not None:
-                        stored = replace(stored, content=orjson.loads(checked.content))  # as resolved in the check
+                    if resolved_in_checks and options.prefer_return == "representation" and checked.content:
+                        stored = replace(stored, content=orjson.loads(checked.content))  # resolved by a worker
                     results[entry.index] = _response_entry(InteractionResult(201, stored), entry, options)
                 else:
                     results[entry.index] = _response_entry(_execute(tx, entry, options), entry, options)
@@ -307,7 +303,8 @@ def _transaction(store: Store, raw_entries: list[Any], options: BundleOptions) -
                 failure = _at_entry(exc, entry)
             except Exception as exc:  # reported after validation, which explains most failures
                 failure = exc
-        reference_issues = resolver.issues + unresolved
+        # in entry order, wherever they were found (PUT entries' here, new resources' in the checks)
+        reference_issues = sorted(resolver.issues + unresolved, key=_entry_number)
         if reference_issues or issues:
             raise FhirError(_rejection_status(reference_issues), (reference_issues + issues)[:MAX_REPORTED_ISSUES])
         if failure is not None:
@@ -317,6 +314,19 @@ def _transaction(store: Store, raw_entries: list[Any], options: BundleOptions) -
         "type": "transaction-response",
         "entry": [results[i] for i in range(len(entries))],
     }
+
+
+def _sites(entry: _Entry) -> list[ReferenceSite]:
+    return find_references(entry.resource, f"{entry.where}.resource")
+
+
+_ENTRY_NUMBER = re.compile(r"Bundle\.entry\[(\d+)\]")
+
+
+def _entry_number(issue: Issue) -> int:
+    """The entry an issue points at (its expressions start with `Bundle.entry[i]`), for reporting in entry order."""
+    found = _ENTRY_NUMBER.match(issue.expression[0]) if issue.expression else None
+    return int(found.group(1)) if found else -1
 
 
 def _stamped_if_new(tx: WriteTransaction, e: _Entry) -> StoredResource | None:

@@ -112,8 +112,8 @@ class BundleReferences:
 
     def rewrite(self, resource: Any, path: str) -> list[Issue]:
         """Rewrite, in place, every reference of `resource` that needs no database; what could not be resolved.
-        A conditional reference found here is an issue: the bundle was judged free of them
-        (`may_hold_conditional_references`)."""
+        Raises on a conditional reference: the bundle was judged free of them (`may_hold_conditional_references`),
+        and storing one unresolved would be worse than failing."""
         issues: list[Issue] = []
         for holder, location in find_references(resource, path):
             reference = holder["reference"]
@@ -123,13 +123,7 @@ class BundleReferences:
             elif issue is not None:
                 issues.append(issue)
             elif self.conditional(reference) is not None:
-                issues.append(
-                    Issue(
-                        "exception",
-                        f"The conditional reference {reference!r} was not resolved; resend the bundle.",
-                        (f"{location}.reference",),
-                    )
-                )
+                raise RuntimeError(f"conditional reference at {location} left to the checks: {reference[:200]!r}")
         return issues
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import marshal
 import multiprocessing
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -56,9 +57,11 @@ def check_resource(
 ) -> Checked:
     """Model validation, then (only for a structurally valid resource) the semantic checks, then (only for
     a valid one, given the id it is stored under) the index rows, for SQLite or PostgreSQL, and the JSON text
-    to store. With `references`, the resource's references are resolved first, in place. `memo`: the elements
-    seen before, whose validation, checks and index rows are reused (see `element_memo`)."""
-    unresolved = [] if references is None else references.rewrite(resource, resource["resourceType"])
+    to store. With `references`, the references of a resource sent with an id (a new one, whose stored form the
+    check makes) are resolved first, in place. `memo`: the elements seen before, whose validation, checks and
+    index rows are reused (see `element_memo`)."""
+    resolving = references if index_id is not None else None
+    unresolved = [] if resolving is None else resolving.rewrite(resource, resource["resourceType"])
     issues, known = model_verdict(resource, memo)
     # An element that passed the semantic checks before passes them again, unless they depend on the rest of the
     # resource: a local reference (ref-1) on what it contains.
@@ -106,17 +109,21 @@ def _unpacked(packed: Packed) -> Checked:
     )
 
 
-# The last bundle's references a worker resolved with: every chunk of a bundle carries them (as JSON), and a
-# worker parses them once.
-_bundle_references: tuple[bytes, dict[str, str], str] | None = None
+# A `reference` string value as orjson writes it (no whitespace; '"', '\\' and control characters escaped).
+_REFERENCE_VALUE = re.compile(rb'"reference":"((?:[^"\\]|\\.)*)"')
 
 
-def _references(payload: bytes) -> BundleReferences:
-    global _bundle_references
-    if _bundle_references is None or _bundle_references[0] != payload:
-        id_map, base = orjson.loads(payload)
-        _bundle_references = (payload, id_map, base)
-    return BundleReferences(_bundle_references[1], _bundle_references[2])
+def _chunk_references(payload: bytes, references: BundleReferences) -> bytes:
+    """The references a chunk (orjson bytes) needs, as JSON: the base and the part of the bundle's id map its
+    resources name (the whole map with every chunk would make a bundle's shipping grow with the square of its
+    size)."""
+    id_map = references.id_map
+    named = {}
+    for raw in _REFERENCE_VALUE.findall(payload):
+        value = orjson.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode()
+        if value in id_map:
+            named[value] = id_map[value]
+    return orjson.dumps([named, references.base])
 
 
 def _check_chunk(payload: bytes, sqlite: bool, references: bytes | None) -> bytes:
@@ -125,12 +132,10 @@ def _check_chunk(payload: bytes, sqlite: bool, references: bytes | None) -> byte
     request thread needs while it unpickles). With `references` (a bundle's id map and base, as JSON), the
     references of the resources sent with an id are resolved before they are checked."""
     resources, index_ids = orjson.loads(payload)
-    resolver = None if references is None else _references(references)
+    resolver = None if references is None else BundleReferences(*orjson.loads(references))
     return marshal.dumps(
         [
-            _packed(
-                check_resource(resource, index_id, sqlite=sqlite, references=resolver if index_id is not None else None)
-            )
+            _packed(check_resource(resource, index_id, sqlite=sqlite, references=resolver))
             for resource, index_id in zip(resources, index_ids, strict=True)
         ]
     )
@@ -201,26 +206,29 @@ class ValidatorPool:
         called whenever the next verdict is not there yet (the caller writes what it has meanwhile)."""
         if self._pool is None or count < INLINE_BELOW:
             return (
-                check_resource(
-                    resource, index_id, sqlite=sqlite, references=references if index_id is not None else None
-                )
-                for resource, index_id in items
+                check_resource(resource, index_id, sqlite=sqlite, references=references) for resource, index_id in items
             )
-        shipped = None if references is None else orjson.dumps([references.id_map, references.base])
+        pool = self._pool
         futures: list[Future[bytes]] = []
         resources: list[dict[str, Any]] = []
         ids: list[str | None] = []
+
+        def send() -> None:
+            payload = orjson.dumps([resources, ids])
+            shipped = None if references is None else _chunk_references(payload, references)
+            futures.append(pool.submit(_check_chunk, payload, sqlite, shipped))
+
         sizes = iter(chunk_sizes(count))
         size = next(sizes)
         for resource, index_id in items:
             resources.append(resource)
             ids.append(index_id)
             if len(resources) == size:
-                futures.append(self._pool.submit(_check_chunk, orjson.dumps([resources, ids]), sqlite, shipped))
+                send()
                 resources, ids = [], []
                 size = next(sizes, CHUNK)
         if resources:
-            futures.append(self._pool.submit(_check_chunk, orjson.dumps([resources, ids]), sqlite, shipped))
+            send()
         return _verdicts(futures, while_waiting)
 
     def close(self) -> None:

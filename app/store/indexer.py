@@ -464,6 +464,14 @@ def _composite_rows(resource: dict[str, Any], composite: _Composite) -> list[Row
     return rows
 
 
+def _compartment_patient(row: Row, code: str, compartment: frozenset[str]) -> str | None:
+    """The Patient a reference row of parameter `code` places its resource with, if any."""
+    if code in compartment and row["target_type"] == "Patient":
+        patient: str | None = row["target_id"]
+        return patient
+    return None
+
+
 def extract(
     resource_type: str,
     res_id: str,
@@ -489,13 +497,8 @@ def extract(
             for kind, template in entry.rows:
                 row = template.copy()
                 rows.setdefault(kind, []).append(row)
-                if (
-                    patient_id is None
-                    and kind == "reference"
-                    and row["param"] in compartment
-                    and row["target_type"] == "Patient"
-                ):
-                    patient_id = row["target_id"]
+                if patient_id is None and kind == "reference":
+                    patient_id = _compartment_patient(row, row["param"], compartment)
             continue
         made: list[tuple[str, Row]] | None = None if entry is None else []
         for code, kind, path in parameters:
@@ -507,13 +510,8 @@ def extract(
                     rows.setdefault(kind, []).append(row)
                     if made is not None:
                         made.append((kind, row.copy()))  # before the resource's own columns are added below
-                    if (
-                        patient_id is None
-                        and kind == "reference"
-                        and code in compartment
-                        and row["target_type"] == "Patient"
-                    ):
-                        patient_id = row["target_id"]
+                    if patient_id is None and kind == "reference":
+                        patient_id = _compartment_patient(row, code, compartment)
         if entry is not None:
             entry.rows = made
     if plan.composites and only is None:

@@ -510,7 +510,9 @@ class WriteTransaction:
         """Write a resource from `stamp_new`, with its index rows when they were already extracted (for this
         database: see `sqlite`) and, given as `content`, the JSON text to store instead of `stored.content`
         (from the check that extracted the rows: the validation workers resolve a bundle's references in their
-        own copy)."""
+        own copy, so `stored.content` may then still hold them as sent: the text is what is stored)."""
+        if content is not None and index is None:
+            raise ValueError("content given as JSON text comes with the index rows extracted from it")
         self._queue(stored, index, content)
         return WriteResult(stored, created=True)
 

@@ -5,13 +5,18 @@ the same stored resources and the same errors; bundles here are big enough (>= 6
 from __future__ import annotations
 
 import json
+import sys
 import uuid
+from concurrent.futures import Future
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from app.fhir.errors import conflict
 from app.fhir.references import may_hold_conditional_references
+from app.fhir.validator_pool import ValidatorPool
+from app.store.repository import WriteTransaction
 
 SITE = "https://hospital.example/mrn"
 BASE = "http://testserver/fhir"
@@ -129,3 +134,99 @@ def test_representation_shows_the_references_as_resolved(client: TestClient) -> 
     assert all(e["resource"]["subject"] == {"reference": f"Patient/{patient_id}"} for e in entries[1:])
     assert entries[2]["resource"]["performer"] == [{"reference": "Practitioner/doc"}]
     assert all(e["resource"]["meta"]["versionId"] == "1" for e in entries)
+
+
+@pytest.mark.parametrize("conditional", [False, True], ids=["in-the-workers", "before-writing"])
+def test_the_server_takes_the_way_the_body_calls_for(
+    client: TestClient, known_patient: str, conditional: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken: list[bool] = []
+    check_each = ValidatorPool.check_each
+
+    def spy(self: ValidatorPool, *args: Any, **kwargs: Any) -> Any:
+        taken.append(kwargs.get("references") is not None)
+        return check_each(self, *args, **kwargs)
+
+    monkeypatch.setattr(ValidatorPool, "check_each", spy)
+    assert client.post("/fhir", json=bundle(conditional)).status_code == 200
+    assert taken == [not conditional]
+
+
+def test_unresolved_references_are_reported_in_entry_order_either_way(client: TestClient) -> None:
+    """A PUT's references are resolved before writing, a POST's in the checks: the report is in entry order."""
+    sent = bundle(conditional=False)
+    sent["entry"][3]["resource"]["subject"] = {"reference": "urn:uuid:nobody"}
+    put = observation("urn:uuid:nobody-either")
+    sent["entry"].insert(
+        2, {"resource": {**put, "id": "o-put"}, "request": {"method": "PUT", "url": "Observation/o-put"}}
+    )
+    response = client.post("/fhir", json=sent)
+    assert response.status_code == 400
+    assert [i["expression"] for i in response.json()["issue"]] == [
+        ["Bundle.entry[2].resource.subject.reference"],
+        ["Bundle.entry[4].resource.subject.reference"],
+    ]
+
+
+def test_a_put_naming_a_new_resources_full_url_is_resolved_too(client: TestClient) -> None:
+    sent = bundle(conditional=False)
+    patient_url = sent["entry"][0]["fullUrl"]
+    sent["entry"].append(
+        {
+            "resource": {**observation(patient_url), "id": "o-put"},
+            "request": {"method": "PUT", "url": "Observation/o-put"},
+        }
+    )
+    response = client.post("/fhir", json=sent)
+    assert response.status_code == 200, response.json()
+    patient_id = response.json()["entry"][0]["response"]["location"].split("/")[1]
+    assert client.get("/fhir/Observation/o-put").json()["subject"] == {"reference": f"Patient/{patient_id}"}
+
+
+def test_a_matched_if_none_exist_and_an_unstampable_post_in_a_bundle_resolved_in_the_workers(
+    client: TestClient, known_patient: str
+) -> None:
+    sent = bundle(conditional=False)
+    sent["entry"][5]["request"]["ifNoneExist"] = "identifier=none-such"  # matches nothing: created
+    sent["entry"].append(
+        {
+            "resource": {"resourceType": "Patient", "identifier": [{"system": SITE, "value": "KNOWN"}]},
+            "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier={SITE}|KNOWN"},
+        }
+    )
+    matched = client.post("/fhir", json=sent)
+    assert matched.status_code == 200, matched.json()
+    assert matched.json()["entry"][-1]["response"]["location"].startswith(f"Patient/{known_patient}/")
+    assert client.get("/fhir/Patient", params={"_summary": "count"}).json()["total"] == 2  # KNOWN and the new one
+
+    broken = bundle(conditional=False)
+    broken["entry"][7]["resource"]["meta"] = "not an object"
+    response = client.post("/fhir", json=broken)
+    assert response.status_code == 422
+    assert any(i["expression"] == ["Bundle.entry[7].resource.meta"] for i in response.json()["issue"])
+
+
+def test_a_write_failing_while_the_workers_check_leaves_nothing(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Creates are written while the next verdicts are awaited: a failure there is reported once every check is
+    in (here a 409 from the database), and the transaction leaves nothing behind."""
+    flush = WriteTransaction.flush
+    failed: list[str] = []
+
+    def failing_once(self: WriteTransaction) -> None:
+        caller = sys._getframe(1).f_code.co_name
+        if caller == "write_meanwhile" and self._pending_resources and not failed:
+            failed.append(caller)
+            raise conflict("simulated: another request wrote the same resource")
+        flush(self)
+
+    monkeypatch.setattr(WriteTransaction, "flush", failing_once)
+    monkeypatch.setattr(Future, "done", lambda self: False)  # every verdict is awaited: the writes happen then
+    response = client.post("/fhir", json=bundle(conditional=False))
+    assert failed == ["write_meanwhile"]
+    assert response.status_code == 409
+    assert "simulated" in response.json()["issue"][0]["diagnostics"]
+    monkeypatch.undo()
+    assert client.get("/fhir/Observation", params={"_summary": "count"}).json()["total"] == 0
+    assert client.get("/fhir/Patient", params={"_summary": "count"}).json()["total"] == 0

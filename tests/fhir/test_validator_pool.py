@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import orjson
@@ -131,11 +132,35 @@ def test_chunks_cover_every_resource_once_and_end_small(count: int) -> None:
         assert sizes[-2:] == [CHUNK // 2, CHUNK // 2]  # and the last verdicts come soon after the others
 
 
-def test_the_caller_is_told_when_a_verdict_is_not_there_yet(pool: ValidatorPool) -> None:
+def test_the_caller_is_told_when_a_verdict_is_not_there_yet(
+    pool: ValidatorPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     waits: list[int] = []
     resources = [observation(n) for n in range(3 * CHUNK)]
     checks = pool.check_each(
         ((r, r["id"]) for r in resources), len(resources), while_waiting=lambda: waits.append(len(waits))
     )
-    assert len(list(checks)) == len(resources)
-    assert waits  # the first chunk cannot be back the moment it was sent
+    first = next(checks)  # waits for the first chunk, whether or not it is back yet
+    monkeypatch.setattr(Future, "done", lambda self: False)  # from here on no verdict is back when asked for
+    assert len([first, *checks]) == len(resources)
+    assert len(waits) >= len(chunk_sizes(len(resources))) - 1  # once before each later chunk's verdicts
+
+
+def test_each_bundle_is_resolved_with_its_own_map(pool: ValidatorPool) -> None:
+    """The same fullUrl in two bundles names two different resources: no worker may keep the first map."""
+    for target in ("Patient/first", "Patient/second"):
+        references = BundleReferences({"urn:uuid:1": target}, "https://trialbridge.example/fhir")
+        resources = [referring(1) for _ in range(2 * CHUNK)]
+        checks = pool.check_each(((r, f"o{n}") for n, r in enumerate(resources)), len(resources), references=references)
+        assert {orjson.loads(c.content or "")["subject"]["reference"] for c in checks} == {target}
+
+
+def test_a_chunk_is_shipped_the_part_of_the_map_it_names() -> None:
+    from app.fhir.validator_pool import _chunk_references
+
+    id_map = {f"urn:uuid:{k}": f"Patient/p{k}" for k in range(1000)} | {'urn:x:"odd"\\': "Patient/odd"}
+    resources = [referring(3), {**referring(4), "subject": {"reference": 'urn:x:"odd"\\'}}]
+    payload = orjson.dumps([resources, ["a", "b"]])
+    named, base = orjson.loads(_chunk_references(payload, BundleReferences(id_map, "https://trialbridge.example/fhir")))
+    assert named == {"urn:uuid:3": "Patient/p3", 'urn:x:"odd"\\': "Patient/odd"}
+    assert base == "https://trialbridge.example/fhir/"
