@@ -35,6 +35,7 @@ log = logging.getLogger("trialbridge.bundle")
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 MAX_REPORTED_ISSUES = 100
+WRITE_AT_LEAST = 100  # buffered creates written while verdicts are awaited (see `write_meanwhile`)
 
 
 @dataclass
@@ -268,9 +269,10 @@ def _transaction(store: Store, raw_entries: list[Any], options: BundleOptions) -
 
         def write_meanwhile() -> None:
             """While the workers check the next resources: write the creates buffered so far (unless nothing will
-            be written), so that little is left to write once the last verdict is in."""
+            be written), so that little is left to write once the last verdict is in. At least a chunk's worth: each
+            write is a statement per table (on PostgreSQL a COPY, with a round trip of its own)."""
             nonlocal failure
-            if failure is None and not (resolver.issues or unresolved or issues):
+            if failure is None and tx.pending >= WRITE_AT_LEAST and not (resolver.issues or unresolved or issues):
                 try:
                     tx.flush()
                 except Exception as exc:  # reported after validation, as below

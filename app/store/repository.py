@@ -560,6 +560,11 @@ class WriteTransaction:
         if len(self._pending_resources) >= _FLUSH_EVERY:
             self.flush()
 
+    @property
+    def pending(self) -> int:
+        """Creates buffered, not yet written."""
+        return len(self._pending_resources)
+
     def flush(self) -> None:
         if self._pending_resources:
             tuples = storage_tuples(resource_table, self._pending_resources, self._sqlite, serialized=_SERIALIZED)

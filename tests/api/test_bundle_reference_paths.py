@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app.fhir.bundle import WRITE_AT_LEAST
 from app.fhir.errors import conflict
 from app.fhir.references import may_hold_conditional_references
 from app.fhir.validator_pool import ValidatorPool
@@ -36,7 +37,7 @@ def observation(subject: str, performer: str | None = None, value: float = 5.0) 
     return resource
 
 
-def bundle(conditional: bool, subject: str | None = None) -> dict[str, Any]:
+def bundle(conditional: bool, subject: str | None = None, observations: int = ENTRIES) -> dict[str, Any]:
     """A patient (by urn:uuid) and observations of it, some with an absolute reference to this server and one to
     another server; with `conditional`, one more observation whose subject is a conditional reference."""
     patient_url = f"urn:uuid:{uuid.uuid4()}"
@@ -47,7 +48,7 @@ def bundle(conditional: bool, subject: str | None = None) -> dict[str, Any]:
             "request": {"method": "POST", "url": "Patient"},
         }
     ]
-    for i in range(ENTRIES):
+    for i in range(observations):
         performer = f"{BASE}/Practitioner/doc" if i % 2 else "https://other.example/fhir/Practitioner/x"
         entries.append(
             {
@@ -223,7 +224,7 @@ def test_a_write_failing_while_the_workers_check_leaves_nothing(
 
     monkeypatch.setattr(WriteTransaction, "flush", failing_once)
     monkeypatch.setattr(Future, "done", lambda self: False)  # every verdict is awaited: the writes happen then
-    response = client.post("/fhir", json=bundle(conditional=False))
+    response = client.post("/fhir", json=bundle(conditional=False, observations=3 * WRITE_AT_LEAST))
     assert failed == ["write_meanwhile"]
     assert response.status_code == 409
     assert "simulated" in response.json()["issue"][0]["diagnostics"]
