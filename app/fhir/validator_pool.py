@@ -4,8 +4,9 @@ Validating with the fhir.resources models costs ~250 µs per resource and holds 
 checks and the search-index extraction cost about as much again. Within one Python process that caps
 a bundle at one core, and the request thread (which must resolve ids, rewrite references and insert
 rows) would do it all. For large bundles this work runs in a small process pool: the request thread
-sends each chunk as soon as its references are final and inserts the rows of one chunk while the
-workers check the next; the transaction commits only after every resource passed. Small batches run
+sends each chunk as soon as it is stamped (its references final, or resolved by the worker from the
+bundle's ids) and inserts the rows of one chunk while the workers check the next; the transaction
+commits only after every resource passed. Small batches run
 inline, where shipping them to another process would cost more than it saves.
 """
 

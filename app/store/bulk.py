@@ -47,7 +47,8 @@ def _storage_kind(column: Any) -> str | None:
     return None
 
 
-def _json_text(value: Any) -> str:
+def json_text(value: Any) -> str:
+    """A value of a JSON column in storage format."""
     return orjson.dumps(value).decode()
 
 
@@ -67,7 +68,7 @@ def _compile_builder(names: list[str], kinds: list[str | None], sqlite: bool) ->
         else:  # the walrus keeps the value for the conversion without a second look-up
             items.append(f"(None if (v{position} := {get}) is None else {convert[kind]}(v{position}))")
     source = f"def build(rows):\n    return [({', '.join(items)},) for row in rows]\n"
-    namespace: dict[str, Any] = {"_json": _json_text, "_datetime": _sqlite_datetime if sqlite else _iso_datetime}
+    namespace: dict[str, Any] = {"_json": json_text, "_datetime": _sqlite_datetime if sqlite else _iso_datetime}
     exec(compile(source, f"<storage tuples {'sqlite' if sqlite else 'postgresql'}>", "exec"), namespace)  # noqa: S102
     return cast(RowsToTuples, namespace["build"])
 
@@ -97,11 +98,6 @@ def storage_tuples(
 def storage_datetime(value: datetime, sqlite: bool) -> str:
     """A value of a datetime column in storage format (what `storage_tuples` makes of it)."""
     return _sqlite_datetime(value) if sqlite else _iso_datetime(value)
-
-
-def json_text(value: Any) -> str:
-    """A value of a JSON column in storage format (what `storage_tuples` makes of it)."""
-    return _json_text(value)
 
 
 @dataclass(frozen=True, slots=True)

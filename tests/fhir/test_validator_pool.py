@@ -117,10 +117,14 @@ def test_references_resolved_in_the_workers_are_those_resolved_inline(pool: Vali
 
 
 def test_resources_sent_without_an_id_are_checked_as_sent(pool: ValidatorPool) -> None:
-    references = BundleReferences({"urn:uuid:1": "Patient/p1"}, "https://trialbridge.example/fhir")
+    """Only resources the check stores (sent with an id) have their references resolved: the others keep theirs,
+    so a fullUrl the map does not name is no issue of theirs."""
+    references = BundleReferences({}, "https://trialbridge.example/fhir")
     resources = [referring(1) for _ in range(INLINE_BELOW)]
     checks = list(pool.check_each(((r, None) for r in resources), len(resources), references=references))
     assert all(c.issues == [] and c.unresolved == [] and c.content is None and c.index is None for c in checks)
+    stored = list(pool.check_each(((r, "o1") for r in resources), len(resources), references=references))
+    assert all([i.expression for i in c.unresolved] == [("Observation.subject.reference",)] for c in stored)
 
 
 @pytest.mark.parametrize("count", [1, 49, 50, 64, 100, 199, 200, 201, 299, 1000, 1049, 5001])
