@@ -111,7 +111,8 @@ def _unpacked(packed: Packed) -> Checked:
 
 
 # A `reference` string value as orjson writes it (no whitespace; '"', '\\' and control characters escaped).
-_REFERENCE_VALUE = re.compile(rb'"reference":"((?:[^"\\]|\\.)*)"')
+# Unrolled ("normal* (special normal*)*"): the same strings as `(?:[^"\\]|\\.)*`, three times faster in `re`.
+_REFERENCE_VALUE = re.compile(rb'"reference":"([^"\\]*(?:\\.[^"\\]*)*)"')
 
 
 def _chunk_references(payload: bytes, references: BundleReferences) -> bytes:
