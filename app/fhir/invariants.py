@@ -132,6 +132,14 @@ class _Walk:
             )
 
 
+def _codings(element: dict[str, Any]) -> set[tuple[Any, Any]]:
+    """(system, code) of each coding of the element's `code`. An explicit null (`"coding": null`) is reported by the
+    conformance checks, which run beside these: here it reads as no coding, never as a crash."""
+    code = element.get("code")
+    codings = code.get("coding") if isinstance(code, dict) else None
+    return {(c.get("system"), c.get("code")) for c in codings or () if isinstance(c, dict)}
+
+
 def _observation(resource: dict[str, Any], issues: list[Issue]) -> None:
     has_value = any(k.startswith("value") for k in resource)
     if has_value and "dataAbsentReason" in resource:
@@ -144,9 +152,9 @@ def _observation(resource: dict[str, Any], issues: list[Issue]) -> None:
         )
     if not has_value:
         return
-    own = {(c.get("system"), c.get("code")) for c in (resource.get("code") or {}).get("coding", [])}
-    for index, component in enumerate(resource.get("component", [])):
-        codes = {(c.get("system"), c.get("code")) for c in (component.get("code") or {}).get("coding", [])}
+    own = _codings(resource)
+    for index, component in enumerate(resource.get("component") or ()):
+        codes = _codings(component) if isinstance(component, dict) else set()
         if codes & own:
             issues.append(
                 Issue(

@@ -58,3 +58,22 @@ def test_observation_value_and_data_absent_reason_and_component_code() -> None:
         valueString="x", component=[{"code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]}}]
     )
     assert issues_of(same_code) == [("invariant", ["Observation.component[0].code"])]
+
+
+def test_an_observation_whose_code_coding_is_null_gets_a_422_naming_it() -> None:
+    """The models let an explicit null list through; the invariants then read it as no coding (found by the memo's
+    hypothesis test: it crashed with a TypeError, a 500)."""
+    observation = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": None, "text": "Diplotype Call"},
+        "component": [{"code": {"coding": None}, "valueString": "x"}],
+        "valueString": "*1/*4",
+    }
+    try:
+        validate_resource(observation)
+    except FhirError as error:
+        assert error.status == 422
+        assert "Observation.code.coding" in [e for issue in error.issues for e in issue.expression]
+    else:
+        raise AssertionError("a null coding was accepted")

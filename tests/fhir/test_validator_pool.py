@@ -162,7 +162,8 @@ def test_each_bundle_is_resolved_with_its_own_map(pool: ValidatorPool) -> None:
 def test_a_chunk_is_shipped_the_part_of_the_map_it_names() -> None:
     from app.fhir.validator_pool import _chunk_references
 
-    odd = {'urn:x:"odd"\\': "Patient/odd", "urn:x:two\\\\\n\"lines\"": "Patient/two"}  # escaped as orjson writes them
+    # quotes, backslashes and a newline: escaped in the payload
+    odd = {'urn:x:"odd"\\': "Patient/odd", 'urn:x:two\\\\\n"lines"': "Patient/two"}
     id_map = {f"urn:uuid:{k}": f"Patient/p{k}" for k in range(1000)} | odd
     resources = [referring(3)] + [{**referring(4), "subject": {"reference": reference}} for reference in odd]
     payload = orjson.dumps([resources, ["a", "b", "c"]])
